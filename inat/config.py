@@ -77,7 +77,7 @@ class RunConfig:
         data.update(extra or {})
         if overrides:
             data.update(parse_overrides(overrides))
-            source = f"{source} with --set"
+            source = "--set" if path is None else f"{path} (with --set)"
         return cls.from_dict(data, source)
 
     def to_dict(self) -> dict[str, Any]:

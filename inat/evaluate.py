@@ -1,0 +1,105 @@
+"""Evaluate a run's best model on the test split (the iNaturalist `val/` folder).
+
+The test split is only ever read here: no training, tuning or early-stopping decision sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import data, models
+from .config import RunConfig
+from .errors import InatError
+from .fsutil import write_csv, write_json
+
+log = logging.getLogger("inat")
+
+
+def evaluate(
+    run_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+) -> dict:
+    """Write RUN/test_metrics.json and RUN/predictions.csv; return the metrics."""
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise InatError(f"{run_dir}: run directory not found")
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file():
+        raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
+    cfg = RunConfig.load(run_dir / "config.yaml")
+    splits = data.Splits.load(run_dir / "splits.json", root=str(data_root) if data_root else None)
+    model = models.load_model(model_path)
+
+    ds = data.dataset_for(
+        splits, "test", models.input_size(cfg), batch_size or cfg.batch_size, training=False
+    )
+    y_true, probs = [], []
+    for images, labels in ds:
+        probs.append(model.predict_on_batch(images))
+        y_true.append(labels.numpy())
+    if not y_true:
+        raise InatError(f"{splits.root}: the test split has no readable images")
+    y_true = np.concatenate(y_true).astype(int)
+    probs = np.concatenate(probs)
+    y_pred = probs.argmax(axis=1)
+
+    metrics = compute_metrics(y_true, y_pred, splits.classes)
+    metrics["model"] = cfg.model
+    metrics["run"] = run_dir.name
+    expected = len(splits.test)
+    if metrics["n"] != expected:
+        # The input pipeline skips images it cannot decode (and TensorFlow logs each one);
+        # say how many so a lower `n` is never a silent surprise.
+        log.warning("%d of %d test images could not be decoded and were skipped", expected - metrics["n"], expected)
+        metrics["skipped"] = expected - metrics["n"]
+    write_json(run_dir / "test_metrics.json", metrics)
+    _write_predictions(run_dir, splits, y_true, y_pred, probs, aligned=metrics["n"] == expected)
+    return metrics
+
+
+def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y_true, y_pred), 1)
+    per_class = {}
+    for i, name in enumerate(classes):
+        support = int(cm[i].sum())
+        predicted = int(cm[:, i].sum())
+        per_class[name] = {
+            "n": support,
+            "accuracy": _ratio(cm[i, i], support),  # recall: the share of this class found
+            "precision": _ratio(cm[i, i], predicted),
+        }
+    return {
+        "accuracy": _ratio(np.trace(cm), cm.sum()),
+        "n": int(cm.sum()),
+        "classes": list(classes),
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),  # rows: true class, columns: predicted class
+    }
+
+
+def format_table(metrics: dict) -> str:
+    lines = [f"{'class':<20} {'n':>6} {'accuracy':>9} {'precision':>10}"]
+    for name, row in metrics["per_class"].items():
+        lines.append(f"{name:<20} {row['n']:>6} {row['accuracy']:>9.3f} {row['precision']:>10.3f}")
+    lines.append(f"{'overall':<20} {metrics['n']:>6} {metrics['accuracy']:>9.3f}")
+    return "\n".join(lines)
+
+
+def _write_predictions(run_dir, splits, y_true, y_pred, probs, aligned: bool) -> None:
+    paths = [p for p, _ in splits.test] if aligned else [""] * len(y_true)
+    rows = [
+        [path, splits.classes[t], splits.classes[p], f"{probs[i, p]:.4f}"]
+        for i, (path, t, p) in enumerate(zip(paths, y_true, y_pred))
+    ]
+    write_csv(run_dir / "predictions.csv", ["path", "true", "predicted", "confidence"], rows)
+
+
+def _ratio(num, den) -> float:
+    return float(num) / float(den) if den else 0.0

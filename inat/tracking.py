@@ -1,0 +1,87 @@
+"""W&B logging for a run, offline by default.
+
+Compute nodes usually have no internet, so a run logs offline unless the user asked for online
+logging with WANDB_MODE=online; WANDB_MODE=disabled turns W&B off. Offline runs land in
+RUN/wandb/offline-run-* and are uploaded later with `wandb sync RUN/wandb/offline-run-*`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("inat")
+PROJECT = "inat-jobs"
+
+
+def wandb_mode() -> str:
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if mode == "dryrun" else mode
+    return "offline"
+
+
+class Tracker:
+    """A thin wrapper so the training loop never has to care whether W&B is on."""
+
+    def __init__(self, run: Any | None):
+        self.run = run
+
+    @property
+    def id(self) -> str | None:
+        return self.run.id if self.run is not None else None
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            for key, value in values.items():
+                self.run.summary[key] = value
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None
+
+
+def start(
+    run_dir: Path,
+    config: dict[str, Any],
+    name: str,
+    run_id: str | None = None,
+    group: str | None = None,
+    job_type: str = "train",
+    tags: list[str] | None = None,
+) -> Tracker:
+    mode = wandb_mode()
+    if mode == "disabled":
+        return Tracker(None)
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", PROJECT),
+            entity=os.environ.get("WANDB_ENTITY") or None,
+            dir=str(run_dir),
+            name=name,
+            id=run_id,
+            resume="allow",
+            group=group,
+            job_type=job_type,
+            tags=tags,
+            config=config,
+            mode=mode,
+            settings=wandb.Settings(init_timeout=90, console="off"),
+        )
+    except Exception as exc:  # W&B must never take a training run down with it
+        log.warning("W&B logging is off for this run: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        return Tracker(None)
+    # Without this W&B plots against its own step counter; we want epochs on the x-axis.
+    run.define_metric("epoch")
+    run.define_metric("*", step_metric="epoch")
+    return Tracker(run)

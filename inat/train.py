@@ -1,0 +1,289 @@
+"""Train one model into one run directory, resumably.
+
+`train()` is what `inat-jobs train`, every sweep trial and every retraining job call. A run directory
+is self-describing (see `inat.layout.RUN_FILES`); calling `train()` again on the same directory after
+a crash, a kill -9, a time-out or a preemption resumes at the last finished epoch, so every epoch
+appears exactly once in history.csv.
+
+Commit order at the end of each epoch (the state file is the commit point):
+  1. checkpoint/epoch-NNNN.keras   model + optimizer state after this epoch
+  2. model.keras                    if val_accuracy improved
+  3. history.csv                    rewritten with this epoch's row
+  4. checkpoint/state.json          names the checkpoint of step 1: now the epoch counts
+A kill between steps leaves state.json at the previous epoch, and the resume trims history.csv back
+to it and redoes the epoch from the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+
+from . import data, models, tracking
+from .config import RunConfig
+from .errors import InatError
+from .fsutil import read_json, write_csv, write_json
+
+log = logging.getLogger("inat")
+HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_done: int
+    best_val_accuracy: float
+    best_epoch: int
+    status: str  # "completed" | "stopped" (a callback stopped it, e.g. a sweep pruner)
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
+    *,
+    callbacks: Sequence[Any] = (),
+    wandb_group: str | None = None,
+    wandb_job_type: str = "train",
+    verbose: int | None = None,
+) -> TrainResult:
+    """Train `cfg` into `run_dir`, resuming if the directory holds an unfinished run of the same config."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(run_dir):
+        return _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose)
+
+
+def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose):
+    state = _read_state(run_dir)
+    _check_same_config(cfg, run_dir, resuming=state is not None)
+    splits = _prepare_splits(cfg, run_dir, data_root)
+    cfg.save(run_dir / "config.yaml")
+
+    keras.utils.set_random_seed(cfg.seed)
+    if state is not None:
+        start_epoch = state["epoch"]
+        model = models.load_model(run_dir / "checkpoint" / state["checkpoint"])
+        log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
+    else:
+        start_epoch = 0
+        model = models.make_model(cfg, len(splits.classes))
+        models.compile_model(model, cfg)
+    _trim_history(run_dir / "history.csv", start_epoch)
+
+    _write_run_info(run_dir, cfg, splits, status="running", epochs_done=start_epoch)
+    if state is not None and start_epoch >= cfg.epochs:
+        log.info("%s already finished all %d epochs", run_dir.name, cfg.epochs)
+        return _finish(run_dir, cfg, splits, state, "completed")
+
+    size = models.input_size(cfg)
+    train_ds = data.dataset_for(
+        splits, "train", size, cfg.batch_size, training=True, augment=cfg.data_augment, seed=cfg.seed
+    )
+    val_ds = data.dataset_for(splits, "val", size, cfg.batch_size, training=False)
+
+    tracker = tracking.start(
+        run_dir,
+        cfg.to_dict(),
+        name=run_dir.name,
+        run_id=(state or {}).get("wandb_id") or _wandb_id(run_dir),
+        group=wandb_group,
+        job_type=wandb_job_type,
+    )
+    recorder = RunRecorder(run_dir, tracker, state)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=cfg.epochs,
+            initial_epoch=start_epoch,
+            callbacks=[recorder, *callbacks],
+            verbose=verbose,
+        )
+    except BaseException:
+        tracker.finish(exit_code=1)
+        _write_run_info(run_dir, cfg, splits, status="failed", epochs_done=recorder.state["epoch"])
+        raise
+    status = "completed" if recorder.state["epoch"] >= cfg.epochs else "stopped"
+    tracker.summary({"best_val_accuracy": recorder.state["best_val_accuracy"], "status": status})
+    tracker.finish()
+    return _finish(run_dir, cfg, splits, recorder.state, status)
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Checkpoint, best model, history and W&B log at the end of every epoch (see module doc)."""
+
+    def __init__(self, run_dir: Path, tracker, state: dict | None):
+        super().__init__()
+        self.run_dir = run_dir
+        self.tracker = tracker
+        self.state = dict(state or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0})
+        self.state["wandb_id"] = tracker.id or self.state.get("wandb_id")
+        self._t0 = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        number = epoch + 1
+        seconds = time.perf_counter() - self._t0
+        ckpt_dir = self.run_dir / "checkpoint"
+        ckpt_name = f"epoch-{number:04d}.keras"
+        save_model_atomic(self.model, ckpt_dir / ckpt_name)
+
+        val_acc = float(logs.get("val_accuracy", float("nan")))
+        if val_acc > self.state["best_val_accuracy"]:
+            save_model_atomic(self.model, self.run_dir / "model.keras")
+            self.state.update(best_val_accuracy=val_acc, best_epoch=number)
+
+        rows = [r for r in _read_history(self.run_dir / "history.csv") if int(r[0]) < number]
+        rows.append([number, *(_fmt(logs.get(k)) for k in HISTORY_FIELDS[1:5]), f"{seconds:.2f}"])
+        write_csv(self.run_dir / "history.csv", HISTORY_FIELDS, rows)
+
+        previous = self.state.get("checkpoint")
+        self.state.update(epoch=number, checkpoint=ckpt_name)
+        write_json(ckpt_dir / "state.json", self.state)
+        if previous and previous != ckpt_name:
+            (ckpt_dir / previous).unlink(missing_ok=True)
+
+        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+        metrics.update(epoch=number, epoch_seconds=seconds)
+        self.tracker.log(metrics)
+
+
+def save_model_atomic(model, path: Path) -> None:
+    """Keras insists on a .keras suffix, so the temp name keeps it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InatError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# ---- run directory bookkeeping ------------------------------------------------------------------
+
+
+def _prepare_splits(cfg: RunConfig, run_dir: Path, data_root):
+    path = run_dir / "splits.json"
+    if path.exists():
+        # Resume and retraining reuse the saved lists, so the split can never drift.
+        return data.Splits.load(path, root=str(data_root) if data_root else None)
+    if data_root is None:
+        raise InatError(f"{run_dir}: no splits.json here; pass --data ROOT to start a new run")
+    splits = data.discover(data_root, seed=cfg.seed, val_fraction=cfg.val_fraction)
+    splits = data.drop_bad_images(splits)
+    splits.save(path)
+    log.info("data: %s", data.describe(splits))
+    return splits
+
+
+def _check_same_config(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
+    saved = run_dir / "config.yaml"
+    if not (resuming and saved.exists()):
+        return
+    old = RunConfig.load(saved)
+    if old != cfg:
+        changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict()[k] != v)
+        raise InatError(
+            f"{run_dir}: already holds a run with a different config ({', '.join(changed)} differ); "
+            "use a new --run-id, or the same config to resume"
+        )
+
+
+def _read_state(run_dir: Path) -> dict | None:
+    path = run_dir / "checkpoint" / "state.json"
+    if not path.exists():
+        return None
+    state = read_json(path)
+    if not (run_dir / "checkpoint" / state.get("checkpoint", "")).is_file():
+        raise InatError(f"{path}: names a checkpoint that is missing; start a new --run-id")
+    return state
+
+
+def _read_history(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [row for row in list(csv.reader(fh))[1:] if row]
+
+
+def _trim_history(path: Path, epochs_done: int) -> None:
+    rows = _read_history(path)
+    kept = [r for r in rows if int(r[0]) <= epochs_done]
+    if len(kept) != len(rows):
+        write_csv(path, HISTORY_FIELDS, kept)
+
+
+def read_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
+    rows = _read_history(Path(run_dir) / "history.csv")
+    return [{k: float(v) if v != "" else float("nan") for k, v in zip(HISTORY_FIELDS, r)} for r in rows]
+
+
+def _write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_done: int, **extra) -> None:
+    import tensorflow as tf
+
+    info = {
+        "run_id": run_dir.name,
+        "status": status,
+        "epochs_done": epochs_done,
+        "epochs": cfg.epochs,
+        "model": cfg.model,
+        "data_root": splits.root,
+        "classes": splits.classes,
+        "counts": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
+        "host": platform.node(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }
+    write_json(run_dir / "run.json", info)
+
+
+def _finish(run_dir, cfg, splits, state, status) -> TrainResult:
+    best = float(state.get("best_val_accuracy", -1.0))
+    _write_run_info(
+        run_dir, cfg, splits, status=status, epochs_done=state["epoch"],
+        best_val_accuracy=best, best_epoch=state.get("best_epoch", 0),
+    )
+    return TrainResult(run_dir, state["epoch"], best, state.get("best_epoch", 0), status)
+
+
+def _wandb_id(run_dir: Path) -> str:
+    # W&B ids allow [a-z0-9-_]; the run dir name already is unique on this scratch root.
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_dir.name.lower())[:64]
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{float(value):.6f}"
+
+
+@contextlib.contextmanager
+def _exclusive(run_dir: Path):
+    """Refuse to train a run directory that another live process is training (e.g. a stale requeue)."""
+    with open(run_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InatError(f"{run_dir}: another process is training this run right now") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
