@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny synthetic data, one tiny trained run, and where the real photos are."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# W&B stays off unless a test turns it on: it starts a service process per run.
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip on a laptop that lacks a service; fail in CI, where everything must run."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600):
+    """Run `inat-jobs ARGS` in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "jobs", *args],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    from inat.demo import make_demo_data
+
+    return make_demo_data(tmp_path_factory.mktemp("demo") / "data", n_train_per_class=20, n_test_per_class=6)
+
+
+TINY = [
+    "model=scratch", "filt_org=[8,8,16,16,16]", "num_dense=16", "image_size=32",
+    "batch_size=32", "epochs=2", "learning_rate=0.003", "activation=relu",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from inat.config import RunConfig
+
+    return RunConfig.load(None, TINY)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_data, tiny_cfg) -> Path:
+    """One tiny model trained for 2 epochs; tests that only read a run share it."""
+    from inat.train import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_cfg, run_dir, demo_data, verbose=0)
+    return run_dir
