@@ -41,7 +41,7 @@ def make_demo_data(
     are exercised. A few files end in .JPG and train/Aves holds a .DS_Store, as real downloads do.
     """
     if n_train_per_class < 2 or n_test_per_class < 1:
-        raise DataError(f"{root}: need at least 2 train and 1 test image per class for a train/val/test split")
+        raise DataError(f"{root}: need at least 2 train and 1 test image per class (train/val/test split)")
     root = Path(os.path.abspath(root))
     _check_target(root, overwrite)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,8 @@ def make_demo_data(
                     ext = ".JPG" if i % 9 == 4 else ".jpg"
                     w, h = (int(v) for v in rng.integers(size * 3 // 4, size * 3 // 2 + 1, 2))
                     image = draw_example(rng, label, w, h)
-                    image.save(folder / f"{name.lower()}_{i:04d}{ext}", "JPEG", quality=int(rng.integers(75, 96)))
+                    quality = int(rng.integers(75, 96))
+                    image.save(folder / f"{name.lower()}_{i:04d}{ext}", "JPEG", quality=quality)
         (tmp / "train" / "Aves" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
         _move_into_place(tmp, root, overwrite)
     except BaseException:
@@ -76,10 +77,12 @@ def draw_example(rng: np.random.Generator, label: int, width: int, height: int) 
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(0, 4))):
         points = [tuple(int(v) for v in rng.integers(0, (width, height))) for _ in range(2)]
-        draw.line(points, fill=_rgb(rng.random(), rng.uniform(0, 1), rng.uniform(0.3, 1)), width=int(rng.integers(1, 4)))
+        fill = _rgb(rng.random(), rng.uniform(0, 1), rng.uniform(0.3, 1))
+        draw.line(points, fill=fill, width=int(rng.integers(1, 4)))
 
     # Hue spacing is 0.1 between classes and the jitter's sd is 0.05, so neighbouring classes overlap.
-    colour = _rgb(label / len(SHAPES) + rng.normal(0.0, 0.05), rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0))
+    hue = label / len(SHAPES) + rng.normal(0.0, 0.05)
+    colour = _rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0))
     r = rng.uniform(0.22, 0.42) * min(width, height)
     cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
     angle = rng.uniform(0.0, 2 * math.pi)
@@ -104,7 +107,8 @@ def draw_example(rng: np.random.Generator, label: int, width: int, height: int) 
         dx, dy = r * math.cos(angle), r * math.sin(angle)
         for k in (-1, 0, 1):
             ox, oy = -dy * k * 0.6, dx * k * 0.6
-            draw.line((cx - dx + ox, cy - dy + oy, cx + dx + ox, cy + dy + oy), fill=colour, width=max(2, thick // 2))
+            line = (cx - dx + ox, cy - dy + oy, cx + dx + ox, cy + dy + oy)
+            draw.line(line, fill=colour, width=max(2, thick // 2))
     elif shape == "dots":
         for _ in range(int(rng.integers(5, 9))):
             a, d, s = rng.uniform(0, 2 * math.pi), rng.uniform(0, r * 0.8), max(2.0, r * 0.18)
@@ -133,7 +137,8 @@ def make_synthetic_jpegs(
     for i in range(n):
         small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
         field = np.asarray(small.resize((width, height), Image.BICUBIC), dtype=np.int16)
-        pixels = np.clip(field + np.roll(grain, int(rng.integers(0, width)), axis=1), 0, 255).astype(np.uint8)
+        shifted = np.roll(grain, int(rng.integers(0, width)), axis=1)
+        pixels = np.clip(field + shifted, 0, 255).astype(np.uint8)
         path = Path(root) / classes[i % len(classes)] / f"img_{i:05d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(path, "JPEG", quality=quality)
@@ -149,14 +154,15 @@ def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
 
 
 def _polygon(n: int, r: float, cx: float, cy: float, angle: float) -> list[tuple[float, float]]:
-    return [(cx + r * math.cos(angle + 2 * math.pi * k / n), cy + r * math.sin(angle + 2 * math.pi * k / n)) for k in range(n)]
+    angles = [angle + 2 * math.pi * k / n for k in range(n)]
+    return [(cx + r * math.cos(a), cy + r * math.sin(a)) for a in angles]
 
 
 def _check_target(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: exists and is not a directory; choose another path for the demo data")
     if root.is_dir() and any(root.iterdir()) and not overwrite:
-        raise DataError(f"{root}: directory exists and is not empty; choose another path or pass --overwrite")
+        raise DataError(f"{root}: directory exists and is not empty; choose another path or --overwrite")
 
 
 def _move_into_place(tmp: Path, root: Path, overwrite: bool) -> None:

@@ -45,7 +45,7 @@ def write_image(path: Path, color=(128, 64, 32), size=(12, 10), mode="RGB", fmt=
 
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
-    """ROOT/{train,val}/{alpha,beta,gamma}: 21 train and 8 test images, mixed-case extensions, 6 junk files."""
+    """ROOT/{train,val}/{alpha,beta,gamma}: 21 train, 8 test images, mixed-case extensions, junk."""
     root = tmp_path / "tiny"
     extensions = [".jpg", ".JPG", ".jpeg", ".JPEG", ".png", ".Png"]
     for sub, counts in (("train", TINY_TRAIN), ("val", TINY_TEST)):
@@ -188,7 +188,9 @@ def test_split_is_deterministic_per_seed(tiny_dataset):
     assert a.val != c.val and a.test == c.test
 
 
-@pytest.mark.parametrize("n, fraction, expected", [(1, 0.1, 0), (2, 0.1, 1), (10, 0.1, 1), (15, 0.1, 2), (10, 0.99, 9)])
+@pytest.mark.parametrize(
+    "n, fraction, expected", [(1, 0.1, 0), (2, 0.1, 1), (10, 0.1, 1), (15, 0.1, 2), (10, 0.99, 9)]
+)
 def test_val_count_rule(n, fraction, expected):
     assert data._n_val(n, fraction) == expected
 
@@ -217,8 +219,12 @@ def test_splits_round_trip_and_root_override(tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize(
     "content, expected",
-    [(None, "file not found"), ("{not json", "not valid JSON"), ('{"format": "inat-splits/1"}', "missing key"),
-     ("[1, 2]", "not a valid splits file")],
+    [
+        (None, "file not found"),
+        ("{not json", "not valid JSON"),
+        ('{"format": "inat-splits/1"}', "missing key"),
+        ("[1, 2]", "not a valid splits file"),
+    ],
 )
 def test_load_errors_are_one_line(tmp_path, content, expected):
     path = tmp_path / "splits.json"
@@ -241,7 +247,7 @@ def image_zoo(tmp_path) -> dict[str, Path]:
     files = {
         "ok_rgb": good,
         "ok_trailer": good + b"\x00" * 1000,  # padding after the end marker
-        "ok_long_trailer": good + os.urandom(20_000),  # e.g. a phone's appended video: needs the decode fallback
+        "ok_long_trailer": good + os.urandom(20_000),  # like a phone's appended video: decode fallback
         "bad_truncated": good[: len(good) // 2],
         "bad_empty": b"",
         "bad_text": b"<html>404 Not Found</html>\n",
@@ -316,7 +322,8 @@ def test_make_dataset_shapes_dtypes_range_and_order(tmp_path):
     paths, labels = shades(tmp_path)
     ds = make_dataset(paths, labels, 16, 3, shuffle=False, augment=False)
     x, y = next(iter(ds))
-    assert x.shape == (3, 16, 16, 3) and x.dtype.name == "float32" and y.shape == (3,) and y.dtype.name == "int32"
+    assert x.shape == (3, 16, 16, 3) and x.dtype.name == "float32"
+    assert y.shape == (3,) and y.dtype.name == "int32"
     images, got = collect(ds)
     assert images.shape == (7, 16, 16, 3) and 0.0 <= images.min() and images.max() <= 255.0
     assert got.tolist() == labels
@@ -325,8 +332,10 @@ def test_make_dataset_shapes_dtypes_range_and_order(tmp_path):
 
 def test_shuffle_is_seeded_and_loses_nothing(tmp_path):
     paths, labels = shades(tmp_path)
-    means = [collect(make_dataset(paths, labels, 8, 4, shuffle=True, augment=False, seed=s))[0].mean(axis=(1, 2, 3))
-             for s in (5, 5, 6)]
+    means = [
+        collect(make_dataset(paths, labels, 8, 4, shuffle=True, augment=False, seed=s))[0].mean(axis=(1, 2, 3))
+        for s in (5, 5, 6)
+    ]
     assert np.allclose(means[0], means[1]) and not np.allclose(means[0], means[2])
     assert np.allclose(sorted(means[0]), [30 * i for i in range(7)], atol=3)
 
@@ -337,7 +346,7 @@ def test_all_supported_modes_decode_to_rgb(image_zoo):
                                      shuffle=False, augment=False))
     centre = dict(zip(names, images[:, 4, 4, :]))
     assert np.allclose(centre["ok_gray"], [128] * 3, atol=2)
-    assert np.allclose(centre["ok_cmyk"], [255, 0, 0], atol=8)  # pure cyan-free red: TF converts CMYK itself
+    assert np.allclose(centre["ok_cmyk"], [255, 0, 0], atol=8)  # CMYK red: TF converts CMYK itself
     assert np.allclose(centre["ok_png_as_jpg"], [0, 255, 0], atol=1)
     assert np.allclose(centre["ok_rgba"], [0, 0, 255], atol=1)  # alpha is dropped, not composited
     assert np.allclose(centre["ok_palette"], [200, 30, 90], atol=1)
@@ -347,7 +356,8 @@ def test_augment_changes_pixels_but_not_shape_or_range(tmp_path):
     rng = np.random.default_rng(0)
     paths = []
     for i in range(6):
-        pixels = np.kron(rng.integers(0, 256, (4, 4, 3)), np.ones((6, 6, 1))).astype(np.uint8)  # blocky, not flat
+        blocks = rng.integers(0, 256, (4, 4, 3))
+        pixels = np.kron(blocks, np.ones((6, 6, 1))).astype(np.uint8)  # blocky: zoom and flip show
         paths.append(str(tmp_path / f"b{i}.png"))
         Image.fromarray(pixels).save(paths[-1])
     plain, _ = collect(make_dataset(paths, [0] * 6, 24, 6, shuffle=False, augment=False))
@@ -400,4 +410,4 @@ def test_real_photos_discover_check_and_decode(flowers5):
     assert drop_bad_images(splits) == splits
     x, y = next(iter(data.dataset_for(splits, "test", 64, 32, training=False)))
     assert x.shape == (32, 64, 64, 3) and y.numpy().tolist() == splits.labels("test")[:32]
-    assert 20.0 < float(x.numpy().mean()) < 235.0 and float(x.numpy().std()) > 20.0  # real content, not black
+    assert 20.0 < float(x.numpy().mean()) < 235.0 and float(x.numpy().std()) > 20.0  # real content
