@@ -137,7 +137,9 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_weights(models: list[str], cache: str | Path | None = None, timeout: float = 30.0) -> list[Path]:
+def fetch_weights(
+    models: list[str], cache: str | Path | None = None, timeout: float = 30.0
+) -> list[Path]:
     """Download the no-top ImageNet weights of `models` into `cache` (default: `cache_dir()`).
 
     Files already present with the right md5 are kept. Each download goes to a staging directory
@@ -148,14 +150,18 @@ def fetch_weights(models: list[str], cache: str | Path | None = None, timeout: f
     """
     unknown = [m for m in models if m not in WEIGHT_FILES]
     if unknown:
-        raise ConfigError(f"fetch-weights: unknown model '{unknown[0]}' (allowed: {', '.join(WEIGHT_FILES)})")
+        raise ConfigError(
+            f"fetch-weights: unknown model '{unknown[0]}' (allowed: {', '.join(WEIGHT_FILES)})"
+        )
     target = Path(cache).expanduser() if cache is not None else cache_dir()
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InatError(f"cannot create weights cache {target}: {exc.strerror or exc}") from None
     if not os.access(target, os.W_OK):
-        raise InatError(f"weights cache {target} is not writable (set KERAS_HOME to a writable directory)")
+        raise InatError(
+            f"weights cache {target} is not writable (set KERAS_HOME to a writable directory)"
+        )
 
     from keras.utils import get_file  # lazy: loads TensorFlow
 
@@ -175,7 +181,7 @@ def fetch_weights(models: list[str], cache: str | Path | None = None, timeout: f
             os.replace(staged, dest)
         except Exception as exc:  # noqa: BLE001 - get_file raises bare Exception for URL failures
             reason = " ".join(str(exc).split()) or type(exc).__name__
-            # Keras words it "URL fetch failure on <url>: <errno> -- <reason>"; we name the URL ourselves.
+            # Keras says "URL fetch failure on <url>: <errno> -- <reason>"; we name the URL ourselves.
             reason = reason.removeprefix(f"URL fetch failure on {url}: ").removeprefix("None -- ")
             raise InatError(f"cannot fetch ImageNet weights for {model} from {url}: {reason}") from None
         finally:

@@ -249,7 +249,9 @@ def test_save_load_round_trip_transfer(resnet, tmp_path):
 
 
 def test_save_load_round_trip_scratch(tmp_path):
-    cfg = RunConfig(model="scratch", batch_norm=True, activation="leaky_relu", weight_decay=1e-4, **SMALL)
+    cfg = RunConfig(
+        model="scratch", batch_norm=True, activation="leaky_relu", weight_decay=1e-4, **SMALL
+    )
     model = make_model(cfg, 10)
     compile_model(model, cfg)
     model.fit(images(4, 32), np.arange(4), epochs=1, verbose=0)

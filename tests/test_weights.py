@@ -156,5 +156,7 @@ def test_weights_module_does_not_import_keras():
         "print('keras' in sys.modules or 'tensorflow' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "False"
