@@ -376,7 +376,7 @@ def finish_batches(ds, *, augment: bool, seed: int = 0):
         # One stateless seed pair per batch; re-drawn every epoch (rerandomize_each_iteration).
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
-            lambda xy, s: (augment_batch(tf.cast(xy[0], tf.float32), s), xy[1]),
+            lambda xy, s: (augment_batch(xy[0], s), xy[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
@@ -384,49 +384,38 @@ def finish_batches(ds, *, augment: bool, seed: int = 0):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-# Augmentation strengths, in the spirit of the seed's ImageDataGenerator (rotation/zoom/shift/flip).
-MAX_ROTATION_DEG = 15.0
+# Augmentation strengths. The seed's ImageDataGenerator also rotated (rotation_range); a batched
+# rotation (ImageProjectiveTransformV3) ran at ~1,000 img/s on 2 cores at 128 px, less than half the
+# speed of everything below together, so zoom, shift and flip carry the geometric variety.
 MIN_ZOOM_SIDE = 0.8  # a random square of 80-100 % of the side, anywhere in the image, fills the output
 MAX_BRIGHTNESS = 0.1  # +-10 % of full scale
 CONTRAST = (0.8, 1.2)
 
 
 def augment_batch(images, seed):
-    """Random flip, rotation, zoom-in and shift (one affine warp) plus brightness and contrast.
+    """Random zoom-in, shift and horizontal flip, then brightness and contrast, for a whole batch.
 
-    `images` is float32 (B, S, S, 3) in [0, 255]; `seed` a stateless seed pair. Every image gets
-    its own parameters, but the whole batch is warped by one ImageProjectiveTransformV3 call and
-    the photometric changes are broadcast arithmetic: no per-image ops, no Python.
+    `images` is (B, S, S, 3), uint8 or float, in [0, 255]; `seed` a stateless seed pair; returns
+    float32. Every image gets its own parameters, yet the batch costs one crop_and_resize (a box
+    with x1 > x2 samples the crop mirrored, so the flip is free) and one fused multiply-add:
+    no per-image ops, no Python.
     """
-    import math
-
     import tensorflow as tf
 
     size = images.shape[1]
     n = tf.shape(images)[0]
-    u = tf.random.stateless_uniform((n, 7), seed)  # flip, angle, zoom, dx, dy, brightness, contrast
-    flip = tf.where(u[:, 0] < 0.5, -1.0, 1.0)
-    angle = (2.0 * u[:, 1] - 1.0) * (MAX_ROTATION_DEG * math.pi / 180.0)
-    side = MIN_ZOOM_SIDE + (1.0 - MIN_ZOOM_SIDE) * u[:, 2]
-    margin = (1.0 - side) * size / 2.0  # shifts that keep the (unrotated) square inside the image
-    dx, dy = (2.0 * u[:, 3] - 1.0) * margin, (2.0 * u[:, 4] - 1.0) * margin
-    # Output pixel (x, y) samples input pixel A @ (x - c, y - c) + c + (dx, dy), A = side * R(angle) * flip.
-    c = (size - 1) / 2.0
-    cos, sin = tf.cos(angle) * side, tf.sin(angle) * side
-    a0, a1, b0, b1 = cos * flip, -sin, sin * flip, cos
-    zeros = tf.zeros_like(a0)
-    transforms = tf.stack(
-        [a0, a1, c + dx - (a0 + a1) * c, b0, b1, c + dy - (b0 + b1) * c, zeros, zeros], axis=1
-    )
-    images = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=[size, size], fill_value=0.0,
-        interpolation="BILINEAR", fill_mode="REFLECT",
-    )  # fmt: skip
-    brightness = (2.0 * u[:, 5] - 1.0) * (MAX_BRIGHTNESS * 255.0)
-    contrast = CONTRAST[0] + (CONTRAST[1] - CONTRAST[0]) * u[:, 6]
-    mean = tf.reduce_mean(images, axis=(1, 2), keepdims=True)  # per image and channel, as adjust_contrast
-    images = (images - mean) * contrast[:, None, None, None] + mean + brightness[:, None, None, None]
-    return tf.clip_by_value(images, 0.0, 255.0)
+    u = tf.random.stateless_uniform((n, 6), seed)  # zoom, y, x, flip, brightness, contrast
+    side = MIN_ZOOM_SIDE + (1.0 - MIN_ZOOM_SIDE) * u[:, 0]
+    y0, x0 = u[:, 1] * (1.0 - side), u[:, 2] * (1.0 - side)
+    flip = u[:, 3] < 0.5
+    boxes = tf.stack([y0, tf.where(flip, x0 + side, x0), y0 + side, tf.where(flip, x0, x0 + side)], axis=1)
+    out = tf.image.crop_and_resize(images, boxes, tf.range(n), (size, size))  # bilinear, float32
+    # Contrast scales around each image's per-channel mean (as tf.image.adjust_contrast), taken
+    # on a 1-in-16 pixel sample of the input: the same pivot to within a level, at 1/16 the cost.
+    mean = tf.reduce_mean(tf.cast(images[:, ::4, ::4, :], tf.float32), axis=(1, 2), keepdims=True)
+    contrast = (CONTRAST[0] + (CONTRAST[1] - CONTRAST[0]) * u[:, 5])[:, None, None, None]
+    brightness = ((2.0 * u[:, 4] - 1.0) * (MAX_BRIGHTNESS * 255.0))[:, None, None, None]
+    return tf.clip_by_value(out * contrast + (mean * (1.0 - contrast) + brightness), 0.0, 255.0)
 
 
 def dataset_for(
