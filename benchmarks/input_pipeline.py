@@ -93,25 +93,25 @@ def run(args, work: Path) -> dict:
 
     steps = max(10, args.n // B)  # about one epoch per measurement
 
-    def ours(use_cache, augment, steps=steps):
+    def ours(name, use_cache, augment, steps=steps):
         ds = data.dataset_for(splits, "train", S, B, training=True, augment=augment, seed=0,
                               cache=found if use_cache else None).repeat()  # fmt: skip
-        return time_batches(iter(ds), steps)
+        return time_batches(iter(ds), steps, name)
 
-    def idg(augment):
+    def idg(name, augment):
         gen = seed_generator(augment).flow_from_directory(
             str(root / "train"), target_size=(S, S), batch_size=B, class_mode="sparse", shuffle=True, seed=0
         )
-        return time_batches(gen, steps)
+        return time_batches(gen, steps, name)
 
     methods = {
-        "idg": lambda: idg(False),
-        "idg_augmented": lambda: idg(True),
-        "uncached": lambda: ours(False, False),
-        "uncached_augmented": lambda: ours(False, True),
+        "idg": lambda: idg("idg", False),
+        "idg_augmented": lambda: idg("idg_augmented", True),
+        "uncached": lambda: ours("uncached", False, False),
+        "uncached_augmented": lambda: ours("uncached_augmented", False, True),
         # The cached pipelines are ~50x faster: time several epochs so one measurement is not 0.1 s.
-        "cached": lambda: ours(True, False, steps * 10),
-        "cached_augmented": lambda: ours(True, True, steps * 3),
+        "cached": lambda: ours("cached", True, False, steps * 10),
+        "cached_augmented": lambda: ours("cached_augmented", True, True, steps * 3),
     }
     rates = {k: [] for k in methods}
     for r in range(args.repeats):
@@ -134,6 +134,16 @@ def run(args, work: Path) -> dict:
     result["targets"] = {k: {"target": t, "met": k in result and result[k] >= t} for k, t in TARGETS.items()}
     result["images_per_s"] = {k: round(statistics.median(v)) for k, v in rates.items()}
     result["images_per_s"]["cache_build"] = round(build_rate)
+    # The same ratios in images per CPU-second of this process: what each pipeline costs, whatever
+    # share of the cores other processes left it (on a shared machine the wall-clock ratios swing).
+    per_cpu = {k: [rate for rate, _ in v] for k, v in CPU.items()}
+    pairs = {"p1_cached": ("cached", "idg"), "p1_uncached": ("uncached", "idg"),
+             "p1_augmented": ("cached_augmented", "idg_augmented"), "p2_fit_ratio": ("fit_cached", "fit_in_memory")}
+    result["per_cpu_second"] = {
+        k: round(statistics.median(a / b for a, b in zip(per_cpu[num], per_cpu[den])), 2)
+        for k, (num, den) in pairs.items() if num in per_cpu
+    }  # fmt: skip
+    result["cores_busy"] = {k: round(statistics.median(c for _, c in v), 2) for k, v in CPU.items()}
     result["ranges"] = {k: [round(min(v), 2), round(max(v), 2)] for k, v in ratios.items()}
     result["ranges"].update({f"{k}_images_per_s": [round(min(v)), round(max(v))] for k, v in rates.items()})
     result["setup"] = {
@@ -183,10 +193,10 @@ def measure_fit(args, splits, found, np, tf) -> dict:
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.t0 = time.perf_counter()
+            self.clock = Clock().__enter__()
 
         def on_epoch_end(self, epoch, logs=None):
-            self.seconds = time.perf_counter() - self.t0
+            self.clock.__exit__()
 
     keras.utils.set_random_seed(0)
     nets = {}
@@ -203,7 +213,8 @@ def measure_fit(args, splits, found, np, tf) -> dict:
         else:
             nets[key].fit(x, y, batch_size=cfg.batch_size, shuffle=True, **kw)
         epochs[key] += 1
-        return len(y) / timer.seconds
+        CPU.setdefault(key, []).append((len(y) / timer.clock.cpu, timer.clock.cpu / timer.clock.wall))
+        return len(y) / timer.clock.wall
 
     for key in nets:
         one_epoch(key)  # traces the train step: discarded
@@ -219,16 +230,31 @@ def measure_fit(args, splits, found, np, tf) -> dict:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def time_batches(iterator, steps: int, warmup: int = 3) -> float:
+class Clock:
+    """Wall time and this process's CPU time (all threads) over a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+CPU = {}  # method -> [(images per CPU-second, cores busy)], beside the wall-clock rates
+
+
+def time_batches(iterator, steps: int, name: str, warmup: int = 3) -> float:
     """Images per second over `steps` batches, after `warmup` batches that fill the pipeline."""
     for _ in range(warmup):
         next(iterator)
     n = 0
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        x, _ = next(iterator)
-        n += len(x)
-    return n / (time.perf_counter() - t0)
+    with Clock() as clock:
+        for _ in range(steps):
+            x, _ = next(iterator)
+            n += len(x)
+    CPU.setdefault(name, []).append((n / clock.cpu, clock.cpu / clock.wall))
+    return n / clock.wall
 
 
 def warm_page_cache(root: Path) -> None:
