@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds of the input measurements")
-    ap.add_argument("--fit-pairs", type=int, default=8, help="alternating epoch pairs for model.fit (p2)")
+    ap.add_argument("--fit-pairs", type=int, default=20, help="alternating short-epoch pairs for model.fit (p2)")
+    ap.add_argument("--fit-steps", type=int, default=10, help="batches per timed model.fit epoch (p2)")
     ap.add_argument("--skip-fit", action="store_true", help="input pipelines only (no p2)")
     ap.add_argument("--workdir", type=Path, help="keep images and cache here and reuse them (default: a temp dir)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
@@ -177,8 +178,9 @@ def seed_generator(augment: bool):
 def measure_fit(args, splits, found, np, tf) -> dict:
     """model.fit images/s: batches from the cache vs the same images as in-memory float32 arrays.
 
-    Two models train side by side, one epoch at a time, alternating ABBA, so each pair of epochs
-    sees nearly the same machine load; the first epoch of each (graph tracing) is discarded.
+    Two models train side by side, one short epoch (`--fit-steps` batches) at a time, alternating
+    ABBA, so each pair sees nearly the same machine load; the first epoch of each (graph tracing)
+    is discarded.
     """
     import keras
 
@@ -190,6 +192,7 @@ def measure_fit(args, splits, found, np, tf) -> dict:
     x = found.images[rows].astype(np.float32)  # exactly the pixels the cached pipeline yields
     y = np.array(splits.labels("train"), dtype=np.int32)
     ds = data.dataset_for(splits, "train", cfg.image_size, cfg.batch_size, training=True, cache=found)
+    n = args.fit_steps * cfg.batch_size  # images per timed epoch
 
     class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -207,14 +210,14 @@ def measure_fit(args, splits, found, np, tf) -> dict:
 
     def one_epoch(key) -> float:
         timer, e = EpochTimer(), epochs[key]
-        kw = dict(epochs=e + 1, initial_epoch=e, callbacks=[timer], verbose=0)
+        kw = dict(epochs=e + 1, initial_epoch=e, steps_per_epoch=args.fit_steps, callbacks=[timer], verbose=0)
         if key == "fit_cached":
             nets[key].fit(ds, **kw)
         else:
             nets[key].fit(x, y, batch_size=cfg.batch_size, shuffle=True, **kw)
         epochs[key] += 1
-        CPU.setdefault(key, []).append((len(y) / timer.clock.cpu, timer.clock.cpu / timer.clock.wall))
-        return len(y) / timer.clock.wall
+        CPU.setdefault(key, []).append((n / timer.clock.cpu, timer.clock.cpu / timer.clock.wall))
+        return n / timer.clock.wall
 
     for key in nets:
         one_epoch(key)  # traces the train step: discarded

@@ -141,7 +141,12 @@ def find_cache(splits: data.Splits, image_size: int, cache_root: str | os.PathLi
     data changed since (files added, removed, or with another size or mtime).
     """
     path = cache_path(splits.root, image_size, cache_root)
-    cache, why = _open_matching(path, splits.root, image_size, _stat_files(splits.root))
+    try:
+        now = _stat_files(splits.root)
+    except DataError as exc:  # the data root moved or vanished: the uncached path says so properly
+        log.info("not using a decoded-image cache: %s", exc)
+        return None
+    cache, why = _open_matching(path, splits.root, image_size, now)
     if cache is None:
         log.info("not using a decoded-image cache: %s; decoding the JPEGs", why)
         return None
@@ -210,7 +215,10 @@ def _stat_files(data_root) -> dict[str, tuple[int, int]]:
     def stat(block):
         out = []
         for rel in block:
-            st = os.stat(root / rel)
+            try:
+                st = os.stat(root / rel)
+            except FileNotFoundError:
+                continue  # deleted since the listing: counts as removed
             out.append((rel, (st.st_size, st.st_mtime_ns)))
         return out
 
@@ -241,17 +249,18 @@ def build_cache(
             return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InatError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
-    with _build_lock(path.parent / f".{path.name}.lock"):
-        now = _stat_files(root)  # again, under the lock: whoever held it may have just built it
-        cache, why = _open_matching(path, root, image_size, now)
-        if cache is not None and not force:
-            log.info("decoded-image cache %s was built by another process meanwhile; using it", path)
-            return path
-        if why and (path / MANIFEST).exists():
-            log.info("rebuilding: %s", why)
-        _build(root, image_size, path, now)
+        with _build_lock(path.parent / f".{path.name}.lock"):
+            now = _stat_files(root)  # again, under the lock: whoever held it may have just built it
+            cache, why = _open_matching(path, root, image_size, now)
+            if cache is not None and not force:
+                log.info("decoded-image cache %s was built by another process meanwhile; using it", path)
+                return path
+            if why and (path / MANIFEST).exists():
+                log.info("rebuilding: %s", why)
+            _build(root, image_size, path, now)
+    except OSError as exc:  # read-only or full scratch, permissions: one line, not a traceback
+        where = exc.filename or path.parent
+        raise InatError(f"cannot build the image cache: {where}: {exc.strerror or exc}") from None
     return path
 
 
@@ -326,25 +335,38 @@ def _manifest_text(manifest: dict) -> str:
 
 
 def _decode_into(root: Path, rels: list[str], image_size: int, out: Path) -> np.ndarray:
-    """Decode `rels` into a new .npy at `out`; returns which rows were written."""
+    """Decode `rels` into a new .npy at `out`, row i = rels[i]; returns which rows hold an image.
+
+    Plain sequential writes, not a writable memory map: a full disk is then an OSError (one-line
+    error) instead of a SIGBUS that kills the process.
+    """
     import tensorflow as tf
 
-    images = np.lib.format.open_memmap(out, mode="w+", dtype=np.uint8, shape=(len(rels), image_size, image_size, 3))
+    shape = (len(rels), image_size, image_size, 3)
+    row_bytes = image_size * image_size * 3
     written = np.zeros(len(rels), dtype=bool)
-    if rels:
-        paths = [str(root / rel) for rel in rels]
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(rels), dtype=np.int64)))
-        ds = ds.map(
-            lambda p, i: (data.decode_resize(tf.io.read_file(p), image_size), i),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=False,
-        )  # fmt: skip
-        ds = ds.ignore_errors(log_warning=True).batch(256).prefetch(2)
-        for batch, index in ds.as_numpy_iterator():
-            images[index] = batch
-            written[index] = True
-    images.flush()
-    del images
-    with open(out, "rb") as fh:
+    with open(out, "wb") as fh:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(fh, header)
+        done = 0  # rows written so far; the pipeline keeps order, and drops what fails to decode
+        if rels:
+            paths = [str(root / rel) for rel in rels]
+            ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(rels), dtype=np.int64)))
+            ds = ds.map(
+                lambda p, i: (data.decode_resize(tf.io.read_file(p), image_size), i),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+            ds = ds.ignore_errors(log_warning=True).batch(256).prefetch(2)
+            for batch, index in ds.as_numpy_iterator():
+                for image, i in zip(batch, index):
+                    if i > done:
+                        fh.write(bytes((i - done) * row_bytes))  # zeros where images failed
+                    fh.write(image.tobytes())
+                    done = i + 1
+                written[index] = True
+        if done < len(rels):
+            fh.write(bytes((len(rels) - done) * row_bytes))
+        fh.flush()
         os.fsync(fh.fileno())
     return written
 

@@ -207,18 +207,25 @@ def test_bad_images_are_skipped_and_listed(root, tmp_path, caplog):
     truncated = root / "train/Fungi/fungi_0001.jpg"
     truncated.write_bytes(truncated.read_bytes()[:200])
     (root / "val/Fungi/notes.jpg").write_text("not an image")
+    # JPEG start and end markers around junk: passes the cheap check, fails TensorFlow's decode.
+    (root / "val/Fungi/garbled.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9")
+    assert data.check_images([root / "val/Fungi/garbled.jpg"]) == []
     with caplog.at_level(logging.WARNING, logger="inat"):
         path = cache.build_cache(root, SIZE, tmp_path / "cache")
     m = json.loads((path / "manifest.json").read_text())
     bad = {rel: why for rel, _, _, why in m["bad"]}
     assert bad == {"train/Fungi/fungi_0001.jpg": "truncated JPEG (no end marker)",
+                   "val/Fungi/garbled.jpg": "TensorFlow could not decode it (corrupt inside)",
                    "val/Fungi/notes.jpg": "not a JPEG or PNG file"}  # fmt: skip
-    assert len(m["files"]) == 70 + 1 - 2 and "skipped 2 unreadable image(s)" in caplog.text
-    # A split that still lists them (no drop_bad_images) gets the others, as the uncached pipeline would.
+    assert len(m["files"]) == 70 + 2 - 3 and "skipped 3 unreadable image(s)" in caplog.text
+    # A split that still lists them (no drop_bad_images) gets the others, as the uncached pipeline
+    # would, and the rows after the undecodable one hold the right images.
     splits = data.discover(root)
-    images, labels = collect(data.dataset_for(splits, "test", SIZE, 8, training=False, cache=tmp_path / "cache"))
-    assert len(labels) == len(splits.test) - 1
-    assert cache.describe(path).endswith("2 unreadable image(s) skipped (listed in manifest.json)")
+    cached = collect(data.dataset_for(splits, "test", SIZE, 8, training=False, cache=tmp_path / "cache"))
+    plain = collect(data.dataset_for(splits, "test", SIZE, 8, training=False))
+    assert len(cached[1]) == len(splits.test) - 2
+    assert np.array_equal(cached[0], plain[0]) and np.array_equal(cached[1], plain[1])
+    assert cache.describe(path).endswith("3 unreadable image(s) skipped (listed in manifest.json)")
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
@@ -226,6 +233,17 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
         cache.build_cache(tmp_path, 0, tmp_path / "cache")
     with pytest.raises(DataError, match="dataset root does not exist"):
         cache.build_cache(tmp_path / "nope", 64, tmp_path / "cache")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(root, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "cache" / "x.npy"))
+
+    monkeypatch.setattr(cache, "_decode_into", full)
+    with pytest.raises(InatError, match="cannot build the image cache: .*x.npy: No space left on device"):
+        cache.build_cache(root, SIZE, tmp_path / "cache")
+    leftovers = [p.name for p in cache.cache_path(root, SIZE, tmp_path / "cache").parent.iterdir()]
+    assert leftovers == [f".{SIZE}px.lock"]
 
 
 def test_cli_cache_data(root, tmp_path):
