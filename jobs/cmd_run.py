@@ -33,7 +33,7 @@ def train(
         None, "--run-id", help="Name of the run directory. Re-running with the same id resumes after the last finished epoch."
     ),
     cache: bool = typer.Option(
-        True, "--cache/--no-cache", help="Read decoded images from SCRATCH/cache/, building it first if needed (see cache-data)."
+        True, "--cache/--no-cache", help="Read decoded images from SCRATCH/cache/, built first if needed (see cache-data)."
     ),
 ) -> None:
     """Train one model; writes SCRATCH/runs/RUN_ID/ (config, splits, history.csv, model.keras, checkpoint)."""

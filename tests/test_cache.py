@@ -185,7 +185,8 @@ def test_concurrent_builders_build_once(root, tmp_path):
     go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     args = [sys.executable, "-c", BUILDER, str(go), str(root), str(SIZE), str(tmp_path / "cache")]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    procs = [subprocess.Popen(args, **pipes) for _ in range(2)]
     try:
         for p in procs:  # both have imported TensorFlow; now release them together
             assert p.stdout.readline().strip() == "ready"
