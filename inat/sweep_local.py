@@ -227,10 +227,13 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_f
         params = decode(spec, trial.params)
         pruning = study.pruner.__class__.__name__ != "NopPruner"
         flags = {"lost": False}
+        reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
 
         def report(step: int, value: float) -> bool:
             try:
-                trial.report(value, step)
+                if step not in reported:  # a resumed trial may replay epochs the study already has
+                    trial.report(value, step)
+                    reported.add(step)
                 return pruning and trial.should_prune()
             except Exception as exc:  # finished meanwhile: another agent declared it dead
                 log.warning("trial %s: cannot report (%s); stopping it", name, exc)
@@ -241,8 +244,9 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_f
             cfg = sweep.trial_config(spec, params, name)
             if resumed:  # epochs finished before the kill may not have reached the study
                 for row_epoch, value in _history_metric(run_dir, spec.metric):
-                    if row_epoch not in trial.storage.get_trial(trial._trial_id).intermediate_values:
+                    if row_epoch not in reported:
                         trial.report(value, row_epoch)
+                        reported.add(row_epoch)
             log.info("%s: trial %s %s: %s", agent_id, name, "resumed" if resumed else "started", params)
             outcome = trial_fn(TrialRun(sweep, spec, trial.number, name, run_dir, cfg, report))
         except Exception as exc:
