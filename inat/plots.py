@@ -125,7 +125,8 @@ def filter_grid(kernel: np.ndarray, title: str) -> Figure:
     kernel = np.asarray(kernel, dtype=np.float32)
     k_h, k_w, _, n = kernel.shape
     rows, cols = grid_shape(n)
-    fig = new_figure(max(8.0, 1.0 * cols + 0.4), 1.0 * rows + 0.9)
+    cell = max(1.0, 6.5 / cols)  # small layers get bigger tiles, not wider gaps
+    fig = new_figure(cell * cols + 0.4, cell * rows + 0.9)
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         _clean(ax)
