@@ -8,6 +8,7 @@ in batch jobs without a display and in threads.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -37,8 +38,17 @@ def save_figure(fig: Figure, path: str | Path, pdf: bool = True) -> list[Path]:
         target = path.with_suffix(f".{fmt}")
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+            make_readable(tmp)
         written.append(target)
     return written
+
+
+def make_readable(path: str | Path) -> None:
+    """Give a file the mode a plain open() would (0666 less the umask): the atomic writer's temp
+    files are 0600, which would hide figures from the rest of a project group on shared scratch."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def image_panels(fig: Figure) -> int:

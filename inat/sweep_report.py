@@ -109,6 +109,7 @@ def display(value: Any) -> str | float | int | bool:
 def sweep_report(sweep_dir: str | os.PathLike, pdf: bool = False) -> list[Path]:
     """Write SWEEP/trials.csv and the three plots; returns the files written."""
     from . import sweep_plots
+    from .plots import make_readable
 
     sweep_dir = Path(sweep_dir).resolve()
     trials = read_trials(sweep_dir)
@@ -116,6 +117,7 @@ def sweep_report(sweep_dir: str | os.PathLike, pdf: bool = False) -> list[Path]:
         raise InatError(f"{sweep_dir}: no trial run directories under trials/ yet; nothing to report")
     keys = list(trials[0].config)
     write_csv(sweep_dir / "trials.csv", LEAD + keys, [t.row(keys) for t in trials])
+    make_readable(sweep_dir / "trials.csv")
     written = [sweep_dir / "trials.csv"]
     swept = swept_keys(sweep_dir, trials)
     written += sweep_plots.write_all(trials, swept, sweep_dir / "figures", title=sweep_dir.name, pdf=pdf)
