@@ -66,7 +66,8 @@ def accuracy_vs_created(trials, title: str = ""):
     ax.set_xlabel("trial created")
     ax.set_ylabel("best val_accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=9, loc="lower right")
     unscored = len(trials) - len(scored)
     note = f"; {unscored} without a finished epoch yet" if unscored else ""
     ax.set_title(f"Sweep {title}: val accuracy against creation time, {len(trials)} trials{note}", fontsize=11)
