@@ -190,8 +190,9 @@ def _check_value(key: str, value: Any, source: str, stage: str | None = None) ->
 # ---- Slurm or local ---------------------------------------------------------------------------------
 
 
-def slurm_available(timeout: float = PING_TIMEOUT_S) -> tuple[bool, str]:
+def slurm_available(timeout: float | None = None) -> tuple[bool, str]:
     """Is there a Slurm controller to submit to? (sbatch on PATH and `scontrol ping` answers UP)."""
+    timeout = PING_TIMEOUT_S if timeout is None else timeout
     if not shutil.which("sbatch"):
         return False, "no sbatch on PATH"
     if not shutil.which("scontrol"):
@@ -290,3 +291,16 @@ def make_executor(profile: ClusterProfile, folder: Path, job_name: str, dependen
         raise ConfigError(f"--cluster slurm: {exc}") from None
     executor.update_parameters(**slurm_parameters(profile, job_name, dependency))
     return executor
+
+
+def sbatch_text(profile: ClusterProfile, stage: str, folder: Path, n_tasks: int = 1,
+                dependency: str | None = None) -> str:
+    """The sbatch script submitit writes for one submission of `stage` (for review and golden tests)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    prof = profile.for_stage(stage)
+    params = slurm_parameters(prof, f"inat-{stage}", dependency)
+    if n_tasks > 1:
+        params["map_count"] = n_tasks
+    command = " ".join([job_python(prof), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **params)
