@@ -12,10 +12,8 @@ from optuna.trial import TrialState
 
 from inat.config import RunConfig
 from inat.fsutil import read_json, write_csv, write_json
-from inat.sweep import best_configs, load_sweep, new_sweep
-from inat.sweep_local import (
-    Outcome, create_study, open_study, recover_stale, run_agent, storage_for, trial_name, trial_rows,
-)
+from inat.sweep import best_configs, load_sweep, new_sweep, trial_name
+from inat.sweep_local import Outcome, create_study, open_study, run_agent, storage_for, trial_rows
 
 SPEC = """
 method: bayes
