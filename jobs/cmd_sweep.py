@@ -106,7 +106,11 @@ def launch_sweep(
     if cluster == "slurm":
         from .submit import submit_agents
 
-        job_ids = submit_agents(sw.dir, agents, trials_per_agent)
+        try:
+            job_ids = submit_agents(sw.dir, agents, trials_per_agent)
+        except BaseException:
+            shutil.rmtree(sw.dir, ignore_errors=True)  # nothing runs on it: leave no half-made sweep
+            raise
         say(f"submitted {agents} agent(s): job id(s) {', '.join(job_ids)}")
         procs = []
     else:
@@ -161,7 +165,8 @@ def sweep_status(
     json_: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     stale_after: float = StaleOpt,
 ) -> None:
-    """Every trial's state, epochs and best val_accuracy; counts per state; the best config as YAML."""
+    """Every trial's state, epochs and best val_accuracy; counts per state; the best config as YAML
+    (also written to SCRATCH/sweeps/ID/best_config.yaml for `inat-jobs train --config`)."""
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     spec = sw.spec()
     if sw.backend == "local":

@@ -155,3 +155,25 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     assert text.returncode == 0 and "6 trial(s)" in text.stdout
     emitted = text.stdout.split("--data DATA\n", 1)[1]
     assert RunConfig.from_dict(yaml.safe_load(emitted)) == best
+
+
+def test_status_of_a_wandb_sweep_reads_the_trial_run_directories(tmp_path):
+    """The W&B API may be out of reach: status and best configs come from scratch storage."""
+    from inat.fsutil import write_csv, write_json
+    from inat.sweep import new_sweep
+
+    (tmp_path / "data").mkdir()
+    sweep, _ = new_sweep(tmp_path, PART_A, "wandb", tmp_path / "data", {"epochs": 2})
+    for run_id, status, accs in (("abc123", "completed", [0.2, 0.4]), ("def456", "pruned", [0.1]),
+                                 ("ghi789", "completed", [0.3, 0.35])):
+        run = sweep.trials_dir / run_id
+        RunConfig.from_dict({"epochs": 2, "dropout": 0.4 if run_id == "abc123" else 0.0}).save(run / "config.yaml")
+        write_json(run / "run.json", {"status": status})
+        write_csv(run / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"],
+                  [[i + 1, 1, 0.5, 1, a, 1] for i, a in enumerate(accs)])
+    result = run_cli("sweep-status", sweep.id, "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["counts"] == {"finished": 2, "pruned": 1}
+    assert report["best"]["trial"] == "abc123" and report["best"]["val_accuracy"] == 0.4
+    assert RunConfig.load(report["best"]["config_path"]).dropout == 0.4

@@ -203,3 +203,14 @@ def test_best_config_yaml_is_a_train_config(tmp_path):
     cfg.save(path)
     assert RunConfig.load(path) == cfg
     assert isinstance(yaml.safe_load(path.read_text())["kernel_size"], list)
+
+
+def test_rdb_storage_url_works_too(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "s.yaml").write_text(SPEC)
+    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 3},
+                            storage=f"sqlite:///{tmp_path / 'study.db'}")
+    create_study(sweep, spec)
+    run_agent(load_sweep(sweep.scratch_root, sweep.id), "a0", count=2, trial_fn=fake_trial)
+    assert not (sweep.dir / "optuna.journal").exists() and (tmp_path / "study.db").is_file()
+    assert len(open_study(sweep, spec).get_trials()) == 2
