@@ -106,9 +106,9 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     sweep = tmp_path / "tiny.yaml"
     sweep.write_text(
         "method: bayes\nmetric: {name: val_accuracy, goal: maximize}\n"
-        "early_terminate: {type: hyperband, min_iter: 1, eta: 2}\n"
+        "early_terminate: {type: hyperband, min_iter: 1, eta: 2, s: 1}\n"  # one bracket: all 6 compete
         "parameters:\n"
-        "  learning_rate: {values: [0.01, 0.003, 0.0003]}\n"
+        "  learning_rate: {values: [0.01, 0.003, 1.0e-6]}\n"  # 1e-6 barely learns: a pruning candidate
         "  kernel_size: {values: [[3, 3, 3, 3, 3], [5, 3, 3, 3, 3]]}\n"
         "  dropout: {distribution: uniform, min: 0.0, max: 0.4}\n"
     )
