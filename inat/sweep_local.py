@@ -151,6 +151,8 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
 
 
 def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_fn, heartbeat_s) -> str:
+    from optuna.pruners import NopPruner
+
     TrialState = trial_states()
     name = trial_name(trial.number)
     run_dir = sweep.trials_dir / name
@@ -161,7 +163,7 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_f
     with Heartbeat(run_dir / "heartbeat", heartbeat_s):
         set_attr(study, trial._trial_id, "agent", agent_id)
         params = decode(spec, trial.params)
-        pruning = study.pruner.__class__.__name__ != "NopPruner"
+        pruning = not isinstance(study.pruner, NopPruner)
         flags = {"lost": False}
         reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
 
@@ -193,7 +195,10 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_f
             mark_run(run_dir, "failed", error=message)
             result = "failed"
         else:
-            if outcome.pruned or flags["lost"]:
+            if flags["lost"]:  # the study already holds it as FAIL; keep run.json saying so
+                mark_run(run_dir, "failed", error="declared dead by another agent (heartbeat too old)")
+                result = "failed"
+            elif outcome.pruned:
                 tell(study, trial.number, state=TrialState.PRUNED)
                 mark_run(run_dir, "pruned", pruned_at_epoch=outcome.epochs)
                 result = "pruned"

@@ -214,3 +214,19 @@ def test_rdb_storage_url_works_too(tmp_path):
     run_agent(load_sweep(sweep.scratch_root, sweep.id), "a0", count=2, trial_fn=fake_trial)
     assert not (sweep.dir / "optuna.journal").exists() and (tmp_path / "study.db").is_file()
     assert len(open_study(sweep, spec).get_trials()) == 2
+
+
+def test_trial_declared_dead_while_alive_stops_and_stays_failed(tmp_path):
+    sweep = make_sweep(tmp_path)
+
+    def declared_dead_midway(tr):
+        tr.report(1, 0.1)
+        other = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))  # another agent
+        other.tell(tr.number, state=TrialState.FAIL)
+        stop = tr.report(2, 0.2)
+        return Outcome(0.2, 2, stop)
+
+    run_agent(sweep, "a0", count=1, trial_fn=declared_dead_midway)
+    t = open_study(sweep, sweep.spec()).get_trials()[0]
+    assert t.state == TrialState.FAIL
+    assert read_json(sweep.trials_dir / "0000" / "run.json")["status"] == "failed"
