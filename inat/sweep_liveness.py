@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,12 @@ class Heartbeat:
 def storage_now(directory: Path) -> float:
     """'Now' by the clock of the filesystem that holds the heartbeats, so node clock skew cancels."""
     probe = directory / ".clock"
-    probe.touch()
-    os.utime(probe, None)
-    return probe.stat().st_mtime
+    try:
+        probe.touch()
+        os.utime(probe, None)
+        return probe.stat().st_mtime
+    except OSError:  # e.g. looking at someone else's sweep, read-only: this node's clock will do
+        return time.time()
 
 
 def recover_stale(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: int | None = None) -> list[int]:
