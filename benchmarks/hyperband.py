@@ -8,7 +8,9 @@ arm, and their ratios. The goal is the best within 1 point at <= 50 % of the epo
 
     python benchmarks/hyperband.py [--trials 8] [--epochs 6] [--seed 0] [--data DIR] [--out DIR]
 
-Not a test: minutes of CPU. Accuracy is that of finished trials (what the sweep would pick).
+Not a test: minutes of CPU. Accuracy is that of finished trials (what the sweep would pick). Optuna
+assigns trials to hyperband brackets by hashing the study name (the sweep id, new each launch), so
+two launches can prune differently even with the same seed.
 """
 
 from __future__ import annotations
