@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced; the variables are used by the callers
 # Shared settings and helpers for setup-cluster.sh and stop-cluster.sh.
 # Sourced, not run. Plain bash; the callers set -euo pipefail.
 

@@ -28,16 +28,26 @@ CLIENT_TIMEOUT=20
 
 [[ $EUID -eq 0 ]] || die "must run as root (installs packages, starts daemons)"
 
-# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.5 s until it
-# succeeds; return 1 when SECONDS pass without success.
-wait_for() {
-    local limit=$1 what=$2 deadline
-    shift 2
-    deadline=$(($(date +%s) + limit))
-    until "$@" >/dev/null 2>&1; do
+# wait_up NAME PIDFILE COMM_REGEX CHECK LOG...: after starting daemon NAME,
+# poll CHECK every 0.5 s until it succeeds. Fail at once (with the logs) when
+# the daemon has exited, so that a fatal start-up error does not cost the
+# whole timeout; fail after $WAIT_S seconds otherwise. An empty PIDFILE skips
+# the exit check.
+wait_up() {
+    local name=$1 pidfile=$2 comm_re=$3 check=$4 start deadline
+    shift 4
+    start=$(date +%s)
+    deadline=$((start + WAIT_S))
+    while true; do
+        # Give the daemon 3 s to fork and write its pid file. Checked before
+        # CHECK because client commands retry for ~10 s against a dead daemon.
+        if [[ -n $pidfile ]] && (($(date +%s) >= start + 3)) &&
+            ! pid_of "$pidfile" "$comm_re" >/dev/null; then
+            die "$name exited during start-up" "$@"
+        fi
+        "$check" && return 0
         if (($(date +%s) >= deadline)); then
-            log "timed out after ${limit}s waiting for $what"
-            return 1
+            die "$name started but does not answer after ${WAIT_S}s" "$@"
         fi
         sleep 0.5
     done
@@ -150,15 +160,24 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/linux
 
 SchedulerType=sched/backfill
+# Look at pending jobs every 5 s instead of every 30-60 s: a requeued job
+# becomes eligible cred_expire seconds after its requeue, and nothing but the
+# periodic passes notices that.
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 # Allocate single CPUs and memory. Without a default memory per CPU every job
 # gets the node's whole memory and array tasks run one after another.
 SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=1024
 
-# Keep finished jobs in slurmctld (squeue/scontrol) for 30 s only; sacct keeps
-# them for good through slurmdbd.
-MinJobAge=30
+# Forget finished jobs in slurmctld (squeue/scontrol) after 5 s; sacct keeps
+# them for good through slurmdbd. It also sets how often "sbatch --wait" polls:
+# every 2 s here, versus 2 s, 8 s, then every 32 s with MinJobAge >= 65.
+MinJobAge=5
+# Seconds between SIGTERM and SIGKILL (cancel, time limit, requeue). submitit
+# ignores SIGTERM, so each cancelled or requeued submitit job keeps the node
+# COMPLETING - and this one-node cluster blocked - for the full KillWait.
+KillWait=5
 JobRequeue=1
 # A node that went DOWN because slurmd was stopped comes back by itself as
 # soon as its slurmd registers again.
@@ -280,8 +299,7 @@ start_munge() {
     log "starting munged"
     runuser -u munge -- /usr/sbin/munged --force ||
         die "munged failed to start" "$MUNGE_LOG"
-    wait_for "$WAIT_S" "munge to answer" munge_ok ||
-        die "munged does not answer" "$MUNGE_LOG"
+    wait_up munged "$MUNGE_PIDFILE" munged munge_ok "$MUNGE_LOG"
 }
 
 mysql_ok() { mysqladmin --connect-timeout=2 ping >/dev/null 2>&1; }
@@ -304,8 +322,8 @@ start_mariadb() {
     # setsid -f: mysqld_safe is a supervisor loop that must outlive this
     # script and must not hold its stdout (CI would wait for it to close).
     setsid -f /usr/bin/mysqld_safe </dev/null >/dev/null 2>&1
-    wait_for "$WAIT_S" "MariaDB to answer" mysql_ok ||
-        die "MariaDB does not answer" "$MYSQL_LOG"
+    # No pid-file check: mysqld_safe takes a while before it starts mariadbd.
+    wait_up MariaDB "" "" mysql_ok "$MYSQL_LOG"
 }
 
 setup_database() {
@@ -330,8 +348,7 @@ start_slurmdbd() {
     log "starting slurmdbd"
     /usr/sbin/slurmdbd || die "slurmdbd failed to start" "$SLURMDBD_LOG"
     # The first start creates the tables, which takes a few seconds.
-    wait_for "$WAIT_S" "slurmdbd to answer sacctmgr" dbd_ok ||
-        die "slurmdbd does not answer" "$SLURMDBD_LOG" "$MYSQL_LOG"
+    wait_up slurmdbd "$SLURMDBD_PIDFILE" slurmdbd dbd_ok "$SLURMDBD_LOG" "$MYSQL_LOG"
 }
 
 register_cluster() {
@@ -353,8 +370,7 @@ start_slurmctld() {
     stop_daemon slurmctld "$SLURMCTLD_PIDFILE" slurmctld
     log "starting slurmctld"
     /usr/sbin/slurmctld || die "slurmctld failed to start" "$SLURMCTLD_LOG"
-    wait_for "$WAIT_S" "slurmctld to answer scontrol ping" ctld_ok ||
-        die "slurmctld does not answer" "$SLURMCTLD_LOG"
+    wait_up slurmctld "$SLURMCTLD_PIDFILE" slurmctld ctld_ok "$SLURMCTLD_LOG"
     CTLD_RESTARTED=1
 }
 
@@ -387,6 +403,10 @@ wait_node_ready() {
             log "node $NODE is '$state' ($(sinfo -h -n "$NODE" -o %E)); resuming it"
             scontrol update NodeName="$NODE" State=RESUME || true
             resumed=1
+        fi
+        if ! pid_of "$SLURMD_PIDFILE" slurmd >/dev/null; then
+            sleep 1  # right after the fork the pid file may not be written yet
+            pid_of "$SLURMD_PIDFILE" slurmd >/dev/null || die "slurmd exited" "$SLURMD_LOG"
         fi
         if (($(date +%s) >= deadline)); then
             scontrol show node "$NODE" >&2 || true
