@@ -3,9 +3,10 @@
 # start order. Daemons that are not running are skipped; exits 0 either way.
 #
 #   stop-cluster.sh            stop the daemons; queued jobs and accounting stay
-#   stop-cluster.sh --purge    also cancel all jobs first and delete the
-#                              slurmctld/slurmd state (queue, job scripts); the
-#                              accounting database (sacct history) is kept
+#   stop-cluster.sh --purge    full reset: also cancel all jobs first, drop
+#                              the accounting database (sacct history) and
+#                              delete the slurmctld/slurmd state (queue, job
+#                              ID counter); setup-cluster.sh recreates them
 #
 # Daemons are found through their pid files only, never by process name.
 set -euo pipefail
@@ -18,7 +19,7 @@ PURGE=0
 case ${1:-} in
     "") ;;
     --purge) PURGE=1 ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,11p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (usage: stop-cluster.sh [--purge])" ;;
 esac
 
@@ -40,6 +41,13 @@ STOP_VERBOSE=1
 stop_daemon slurmd "$SLURMD_PIDFILE" slurmd
 stop_daemon slurmctld "$SLURMCTLD_PIDFILE" slurmctld
 stop_daemon slurmdbd "$SLURMDBD_PIDFILE" slurmdbd
+if ((PURGE)) && pid_of "$MYSQL_PIDFILE" 'mariadbd|mysqld' >/dev/null; then
+    # Job IDs restart at 1 without the controller state; with the old
+    # accounting records kept, `sacct -j 1` would then mix old and new jobs.
+    log "dropping the accounting database"
+    mysql --batch -e 'DROP DATABASE IF EXISTS slurm_acct_db' ||
+        log "WARNING: could not drop slurm_acct_db"
+fi
 # mysqld_safe restarts a mariadbd that dies, but exits itself after a clean
 # SIGTERM shutdown of mariadbd, so stopping mariadbd stops both.
 stop_daemon mariadb "$MYSQL_PIDFILE" 'mariadbd|mysqld'
