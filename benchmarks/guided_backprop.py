@@ -1,0 +1,105 @@
+"""Guided backprop of 10 conv5 neurons against one plain forward+backward pass of the same 10 images.
+
+Not a test: prints one JSON object. Model: RunConfig() defaults (the scratch CNN, selu, 224 px,
+filters 32-64-64-128-128), random weights (timing does not depend on them).
+
+    python benchmarks/guided_backprop.py [--image-size 224] [--repeats 10]
+
+Timed, each as a compiled tf.function, median of --repeats calls after two warm-up calls:
+  guided_10_batched   the 10 neurons' guided gradients: one forward to conv5 + one backward, batch of 10
+  guided_10_separate  the same 10 neurons one at a time (what batching saves)
+  plain_same_target   the plain gradient of the same 10 neurons (same graph, ordinary activations)
+  plain_full_model    a whole-model forward + backward of the cross-entropy loss w.r.t. the 10 images
+  neuron_search       finding where 10 neurons fire most over the 10 images (forward only)
+The goal is guided_10_batched / plain_full_model <= 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from inat import guided, models  # noqa: E402
+from inat.config import RunConfig  # noqa: E402
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    cfg = RunConfig().replace(image_size=args.image_size)
+    model = models.make_model(cfg, 10)
+    n = 10
+    images = np.random.default_rng(0).uniform(0, 255, (n, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
+    labels = tf.constant(np.arange(n) % 10, tf.int32)
+    target = "act5"
+
+    features = guided.activation_model(model, target)
+    channels = list(range(0, 10 * 7, 7))[:n]
+    t0 = time.perf_counter()
+    spots = guided.strongest_locations(features, images, channels)
+    search = time.perf_counter() - t0
+    idx = np.array([s[0] for s in spots])
+    rows, cols = [s[1] for s in spots], [s[2] for s in spots]
+    batch = images[idx]
+
+    guided_grads = guided.NeuronGradients(guided.guided_model(model, target))
+    plain_grads = guided.NeuronGradients(features)
+    loss_fn = tf.keras.losses.SparseCategoricalCrossentropy()
+
+    @tf.function(input_signature=[tf.TensorSpec((None, cfg.image_size, cfg.image_size, 3), tf.float32)])
+    def full_model_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = loss_fn(labels, model(x, training=False))
+        return tape.gradient(loss, x)
+
+    x = tf.constant(batch)
+    timings = {
+        "guided_10_batched": median_seconds(lambda: guided_grads(batch, rows, cols, channels), args.repeats),
+        "guided_10_separate": median_seconds(
+            lambda: [guided_grads(batch[i : i + 1], rows[i : i + 1], cols[i : i + 1], channels[i : i + 1])
+                     for i in range(n)], max(3, args.repeats // 3)),
+        "plain_same_target": median_seconds(lambda: plain_grads(batch, rows, cols, channels), args.repeats),
+        "plain_full_model": median_seconds(lambda: full_model_grad(x).numpy(), args.repeats),
+    }
+    print(json.dumps({
+        "model": f"scratch {cfg.activation}, {cfg.image_size} px, filters {cfg.filt_org}, kernels {cfg.kernel_size}",
+        "batch": n,
+        "seconds": {k: round(v, 4) for k, v in timings.items()} | {"neuron_search": round(search, 4)},
+        "ratio_guided_vs_full_model_pass": round(timings["guided_10_batched"] / timings["plain_full_model"], 2),
+        "ratio_guided_vs_plain_same_target": round(timings["guided_10_batched"] / timings["plain_same_target"], 2),
+        "speedup_batched_vs_separate": round(timings["guided_10_separate"] / timings["guided_10_batched"], 2),
+        "retraces": guided_grads._fn.experimental_get_tracing_count(),
+        "goal": "ratio_guided_vs_full_model_pass <= 3",
+        "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "tensorflow": tf.__version__},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
