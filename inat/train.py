@@ -66,6 +66,7 @@ def train(
 
 
 def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose):
+    _remove_stale_temps(run_dir)
     state = _read_state(run_dir)
     _check_same_config(cfg, run_dir, resuming=state is not None)
     splits = _prepare_splits(cfg, run_dir, data_root)
@@ -205,6 +206,14 @@ def _check_same_config(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
             f"{run_dir}: already holds a run with a different config ({', '.join(changed)} differ); "
             "use a new --run-id, or the same config to resume"
         )
+
+
+def _remove_stale_temps(run_dir: Path) -> None:
+    # A kill -9 during a save leaves its temp file behind; we hold the run's lock, so no live
+    # writer owns any of them.
+    for pattern in (".*.tmp.keras", ".*.tmp"):
+        for path in [*run_dir.glob(pattern), *(run_dir / "checkpoint").glob(pattern)]:
+            path.unlink(missing_ok=True)
 
 
 def _read_state(run_dir: Path) -> dict | None:
