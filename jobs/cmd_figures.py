@@ -16,13 +16,18 @@ from .cmd_run import OutOpt
 
 @app.command()
 def visualize(
-    run: Path = typer.Option(..., "--run", "-r", help="Run directory (SCRATCH/runs/RUN_ID) with a trained model.keras."),
+    run: Path = typer.Option(
+        ..., "--run", "-r", help="Run directory (SCRATCH/runs/RUN_ID) with a trained model.keras."
+    ),
     what: str = typer.Option(
         "grid,filters,guided,confusion", "--what", "-w",
-        help="Comma-separated figures: grid (test predictions), filters (first conv layer: filters and "
-             "feature maps), guided (guided backprop of 10 conv5 neurons), confusion (test confusion matrix).",
+        help="Comma-separated figures: grid (test predictions), filters (first conv layer: filters "
+             "and feature maps), guided (guided backprop of 10 conv5 neurons), confusion (test "
+             "confusion matrix).",
     ),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Dataset root, if it moved since training."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", "-d", help="Dataset root, if it moved since training."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the test images shown and the neurons picked."),
     max_images: int = typer.Option(
         200, "--max-images", help="Test images searched for where each conv5 neuron fires most."
@@ -42,7 +47,9 @@ def visualize(
 
 @app.command("sweep-report")
 def sweep_report(
-    sweep_id: str = typer.Argument(..., help="Sweep id (a folder under SCRATCH/sweeps/), or the sweep folder itself."),
+    sweep_id: str = typer.Argument(
+        ..., help="Sweep id (a folder under SCRATCH/sweeps/), or the sweep folder itself."
+    ),
     out: Optional[Path] = OutOpt,
     pdf: bool = typer.Option(False, "--pdf/--no-pdf", help="Also write a PDF beside each PNG."),
 ) -> None:
