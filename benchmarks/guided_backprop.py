@@ -3,9 +3,10 @@
 Not a test: prints one JSON object. Model: RunConfig() defaults (the scratch CNN, selu, 224 px,
 filters 32-64-64-128-128), random weights (timing does not depend on them).
 
-    python benchmarks/guided_backprop.py [--image-size 224] [--repeats 10]
+    python benchmarks/guided_backprop.py [--image-size 224] [--repeats 15] [--activation relu]
 
-Timed, each as a compiled tf.function, median of --repeats calls after two warm-up calls:
+Timed, each as a compiled tf.function, median of --repeats calls after two warm-up calls, the four
+taken in turn so that other load on a shared machine falls on all of them alike:
   guided_10_batched   the 10 neurons' guided gradients: one forward to conv5 + one backward, batch of 10
   guided_10_separate  the same 10 neurons one at a time (what batching saves)
   plain_same_target   the plain gradient of the same 10 neurons (same graph, ordinary activations)
@@ -35,24 +36,31 @@ from inat import guided, models  # noqa: E402
 from inat.config import RunConfig  # noqa: E402
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin so that load from other
+    processes on a shared machine falls on all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--activation", default=None, help="override RunConfig's default (selu)")
     args = parser.parse_args()
 
     cfg = RunConfig().replace(image_size=args.image_size)
+    if args.activation:
+        cfg = cfg.replace(activation=args.activation)
     model = models.make_model(cfg, 10)
     n = 10
     shape = (n, cfg.image_size, cfg.image_size, 3)
@@ -81,14 +89,18 @@ def main() -> None:
         return tape.gradient(loss, x)
 
     x = tf.constant(batch)
-    timings = {
-        "guided_10_batched": median_seconds(lambda: guided_grads(batch, rows, cols, channels), args.repeats),
-        "guided_10_separate": median_seconds(
-            lambda: [guided_grads(batch[i : i + 1], rows[i : i + 1], cols[i : i + 1], channels[i : i + 1])
-                     for i in range(n)], max(3, args.repeats // 3)),
-        "plain_same_target": median_seconds(lambda: plain_grads(batch, rows, cols, channels), args.repeats),
-        "plain_full_model": median_seconds(lambda: full_model_grad(x).numpy(), args.repeats),
-    }
+
+    def separately():
+        for i in range(n):
+            guided_grads(batch[i : i + 1], rows[i : i + 1], cols[i : i + 1], channels[i : i + 1])
+
+    timings = interleaved_medians({
+        "guided_10_batched": lambda: guided_grads(batch, rows, cols, channels),
+        "guided_10_separate": separately,
+        "plain_same_target": lambda: plain_grads(batch, rows, cols, channels),
+        "plain_full_model": lambda: full_model_grad(x).numpy(),
+    }, args.repeats)
+
     def ratio(a: str, b: str) -> float:
         return round(timings[a] / timings[b], 2)
 
