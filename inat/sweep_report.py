@@ -70,22 +70,41 @@ def read_trial(run_dir: Path) -> Trial:
     config = RunConfig.load(run_dir / "config.yaml").to_dict()
     status = info.get("status", "running")
     return Trial(run_dir.name, STATES.get(status, status), len(history), best[0] if best else None,
-                 best[1] if best else None, started_time(run_dir, info), config)
+                 best[1] if best else None, started_time(run_dir, info, history), config)
 
 
-def started_time(run_dir: Path, info: dict) -> dt.datetime:
-    """When the trial started: run.json's `started` if the writer recorded it, else the time of
-    splits.json (written once, when training starts; config.yaml is rewritten on every resume)."""
+def started_time(run_dir: Path, info: dict, history: list[dict] | None = None) -> dt.datetime:
+    """When the trial started, best source first:
+    1. run.json's `started`, if the writer recorded one;
+    2. run.json's `updated`, which train() writes when training starts (status "running") and when
+       it ends (less the seconds of the epochs in history.csv, then): file contents, so it
+       survives a copy, unlike mtimes (`cp -r` and `scp -r` reset them);
+    3. the mtime of splits.json (written once, when training starts; config.yaml is rewritten on
+       every resume), else of the folder.
+    """
     for key in ("started", "created"):
-        if info.get(key):
-            try:
-                return dt.datetime.fromisoformat(str(info[key])).astimezone()
-            except ValueError:
-                pass
+        when = _parse_time(info.get(key))
+        if when is not None:
+            return when
+    updated = _parse_time(info.get("updated"))
+    if updated is not None:
+        if info.get("status", "running") == "running":
+            return updated
+        seconds = [r.get("seconds", math.nan) for r in history or []]
+        return updated - dt.timedelta(seconds=sum(x for x in seconds if not math.isnan(x)))
     for name in ("splits.json", "config.yaml"):
         if (run_dir / name).is_file():
             return dt.datetime.fromtimestamp((run_dir / name).stat().st_mtime).astimezone()
     return dt.datetime.fromtimestamp(run_dir.stat().st_mtime).astimezone()
+
+
+def _parse_time(value) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(value)).astimezone()
+    except ValueError:
+        return None
 
 
 def swept_keys(sweep_dir: Path, trials: list[Trial]) -> list[str]:

@@ -238,6 +238,24 @@ def test_sweep_report_from_trial_directories(tmp_path):
     assert rows[1]["filt_org"].startswith("[")  # pastes back into --set filt_org=[...]
 
 
+def test_trial_start_time_survives_a_copy(tmp_path):
+    """run.json's `updated` less the epochs' seconds beats file times, which `cp -r` resets."""
+    import datetime as dt
+
+    from inat.sweep_report import read_trials
+
+    sweep = fake_sweep(tmp_path / "s", n=3)
+    finished = sweep / "trials" / "0"
+    (finished / "run.json").write_text('{"status": "completed", "updated": "2025-03-01T10:00:00+0000"}')
+    running = sweep / "trials" / "2"
+    (running / "run.json").write_text('{"status": "running", "updated": "2025-03-01T12:00:00+0000"}')
+    trials = {t.name: t for t in read_trials(sweep)}
+    utc = dt.timezone.utc
+    assert trials["0"].started == dt.datetime(2025, 3, 1, 9, 59, 57, tzinfo=utc)  # 3 epochs of 1 s
+    assert trials["2"].started == dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=utc)
+    assert trials["1"].started > trials["2"].started  # no `updated`: the splits.json mtime
+
+
 def test_sweep_correlation_finds_the_parameter_that_matters(tmp_path):
     from inat.sweep_plots import correlations, importances
     from inat.sweep_report import read_trials, swept_keys
