@@ -217,7 +217,7 @@ def _guided(run: _Run, seed: int, max_images: int, pdf: bool, **_) -> list[Path]
     grads = guided.NeuronGradients(guided.guided_model(model, target))(images[idx], rows, cols, channels)
 
     classes, test_labels = run.splits.classes, run.splits.labels("test")
-    labels = [f"{GUIDED_LAYER} channel {c}\n{classes[test_labels[kept[i]]]}\nvalue {v:.2f}"
+    labels = [f"{GUIDED_LAYER} channel {c}\nclass: {classes[test_labels[kept[i]]]}\n{target} = {v:.2f}"
               for c, (i, _, _, v) in zip(channels, picked)]
     boxes = [receptive_field(model, target, r, c, run.size) for r, c in zip(rows, cols)]
     fig = plots.guided_figure(
