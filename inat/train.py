@@ -248,8 +248,10 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
 def _write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_done: int, **extra) -> None:
     import tensorflow as tf
 
+    previous = _previous_info(run_dir)
     info = {
         "run_id": run_dir.name,
+        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": status,
         "epochs_done": epochs_done,
         "epochs": cfg.epochs,
@@ -264,6 +266,13 @@ def _write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_d
         **extra,
     }
     write_json(run_dir / "run.json", info)
+
+
+def _previous_info(run_dir: Path) -> dict:
+    try:
+        return read_json(run_dir / "run.json")
+    except InatError:
+        return {}
 
 
 def _finish(run_dir, cfg, splits, state, status) -> TrainResult:
