@@ -154,7 +154,9 @@ class NeuronGradients:
             objective = tf.reduce_sum(tf.gather_nd(fmap, index))
         return tape.gradient(objective, images)
 
-    def __call__(self, images, rows: Sequence[int], cols: Sequence[int], channels: Sequence[int]) -> np.ndarray:
+    def __call__(
+        self, images, rows: Sequence[int], cols: Sequence[int], channels: Sequence[int]
+    ) -> np.ndarray:
         as_idx = lambda v: tf.convert_to_tensor(np.asarray(v, dtype=np.int32))  # noqa: E731
         out = self._fn(tf.convert_to_tensor(images, tf.float32), as_idx(rows), as_idx(cols), as_idx(channels))
         return out.numpy()
@@ -172,7 +174,10 @@ def strongest_locations(
     best = np.full(len(channels), -np.inf)
     where = np.zeros((len(channels), 3), dtype=int)
     offset = 0
-    batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size)) if isinstance(images, np.ndarray) else images
+    if isinstance(images, np.ndarray):
+        batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+    else:
+        batches = images
     for batch in batches:
         fmap = np.asarray(feature_model(batch, training=False))[..., channels]  # (B, H, W, K)
         b, h, w, k = fmap.shape

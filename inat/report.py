@@ -99,8 +99,10 @@ def sweep_page(sweep_dir: Path) -> str:
         "backend": spec.get("backend", "?"), "created": spec.get("created", "?"), "trials": len(trials),
         "finished": sum(t.state == "finished" for t in trials), "trials.csv": str(files[0]),
     })]
-    parts.append("<h2>Plots</h2>" + _figures(sweep_dir / "figures", SWEEP_FIGURES, "inat-jobs sweep-report ID"))
-    ranked = sorted(trials, key=lambda t: -1.0 if t.best_val_accuracy is None else t.best_val_accuracy, reverse=True)
+    plots_html = _figures(sweep_dir / "figures", SWEEP_FIGURES, "inat-jobs sweep-report ID")
+    parts.append("<h2>Plots</h2>" + plots_html)
+    ranked = sorted(trials, key=lambda t: -1.0 if t.best_val_accuracy is None else t.best_val_accuracy,
+                    reverse=True)
     head = ["trial", "state", "epochs", "best val_accuracy", *keys]
     rows = [[t.name, t.state, t.epochs, _fmt(t.best_val_accuracy), *(_short(t.config.get(k)) for k in keys)]
             for t in ranked]
@@ -113,7 +115,8 @@ def sweep_page(sweep_dir: Path) -> str:
 
 def _metrics_html(m: dict) -> str:
     head = f"<p>Accuracy <b>{m['accuracy']:.2%}</b> on {m['n']} test images.</p>"
-    rows = [[name, r["n"], f"{r['accuracy']:.3f}", f"{r['precision']:.3f}"] for name, r in m["per_class"].items()]
+    rows = [[name, r["n"], f"{r['accuracy']:.3f}", f"{r['precision']:.3f}"]
+            for name, r in m["per_class"].items()]
     return head + _table(["class", "n", "accuracy (recall)", "precision"], rows)
 
 
@@ -156,7 +159,8 @@ def _kv_table(mapping: dict) -> str:
 
 def _table(head: list, rows: list[list]) -> str:
     def cell(v):
-        cls = ' class="num"' if (isinstance(v, (int, float)) and not isinstance(v, bool)) or _numeric_text(v) else ""
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        cls = ' class="num"' if number or _numeric_text(v) else ""
         return f"<td{cls}>{_e(v)}</td>"
 
     th = "".join(f"<th>{_e(h)}</th>" for h in head)

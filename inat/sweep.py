@@ -114,10 +114,15 @@ def load_sweep(scratch_root: str | os.PathLike, sweep_id: str) -> Sweep:
 # ---- trial results from run directories -----------------------------------------------------------
 
 
+def trial_name(number: int) -> str:
+    """Local-backend trial directories: trials/0000, trials/0001, ... (W&B trials use the run id)."""
+    return f"{number:04d}"
+
+
 def read_trial(run_dir: Path, metric: str = "val_accuracy", maximize: bool = True) -> dict[str, Any]:
     """What one trial's run directory says: status, epochs done, best metric, config."""
     info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    history = _history(run_dir / "history.csv")
+    history = history_rows(run_dir / "history.csv")
     values = [r[metric] for r in history if not math.isnan(r.get(metric, math.nan))]
     best = (max(values) if maximize else min(values)) if values else None
     val_acc = [r["val_accuracy"] for r in history if not math.isnan(r.get("val_accuracy", math.nan))]
@@ -154,7 +159,7 @@ def mark_run(run_dir: Path, status: str, **extra: Any) -> None:
     write_json(path, info)
 
 
-def _history(path: Path) -> list[dict[str, float]]:
+def history_rows(path: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as fh:

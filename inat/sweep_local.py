@@ -4,12 +4,9 @@ Storage: by default a JournalStorage file, SCRATCH/sweeps/<id>/optuna.journal, w
 JournalFileOpenLock (an O_EXCL lock file: atomic on NFSv3+, Lustre, GPFS and BeeGFS, and no symlinks,
 which some mounts forbid). `--storage URL` uses an Optuna RDB (PostgreSQL/MySQL) instead.
 
-Liveness: Optuna's journal storage has no heartbeat, so each agent touches
-trials/<trial>/heartbeat every HEARTBEAT_S seconds while it trains. A RUNNING trial whose heartbeat is
-older than `stale_after` (judged by the storage's own clock) is marked FAIL by the next agent to
-start and by `sweep-status`. An agent records its current trial in agents/<agent_id>.json; when
-Slurm requeues it under the same agent id, it re-attaches to that trial and train() resumes the run
-directory from the last finished epoch.
+Each agent is an ask/tell loop around train(): a Keras callback reports the sweep metric per epoch
+(step = epoch number) and stops training when the pruner says so. Dead agents and requeued ones are
+handled in `inat.sweep_liveness`.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,20 +21,18 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import InatError
-from .fsutil import read_json, write_json
-from .sweep import Sweep, mark_run, read_trial
-from .sweep_spec import SweepSpec, decode, make_pruner, make_sampler, optuna_space
+from .fsutil import write_json
+from .sweep import Sweep, history_rows, mark_run, read_trial, trial_name
+from .sweep_liveness import (
+    HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, set_attr, tell, trial_states,
+)
+from .sweep_optuna import decode, make_pruner, make_sampler, optuna_space
+from .sweep_spec import SweepSpec
 
 log = logging.getLogger("inat")
-HEARTBEAT_S = 30.0
-STALE_AFTER_S = 600.0
 MAX_CONSECUTIVE_FAILURES = 3
 STATE_NAMES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
                "WAITING": "waiting"}
-
-
-def trial_name(number: int) -> str:
-    return f"{number:04d}"
 
 
 # ---- storage and study ------------------------------------------------------------------------------
@@ -87,64 +81,6 @@ def sweep_epochs(sweep: Sweep, spec: SweepSpec) -> int:
     return RunConfig.from_dict({**sweep.fixed, **spec.constants}).epochs
 
 
-# ---- liveness ---------------------------------------------------------------------------------------
-
-
-class Heartbeat:
-    """Touch `path` every `interval` seconds from a daemon thread while the block runs."""
-
-    def __init__(self, path: Path, interval: float = HEARTBEAT_S):
-        self.path, self.interval, self._stop = path, interval, threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="sweep-heartbeat")
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self):
-        while not self._stop.wait(self.interval):
-            try:
-                os.utime(self.path, None)
-            except OSError as exc:  # a scratch hiccup must not kill training; staleness will tell
-                log.warning("heartbeat %s: %s", self.path, exc)
-
-
-def storage_now(directory: Path) -> float:
-    """'Now' by the clock of the filesystem that holds the heartbeats, so node clock skew cancels."""
-    probe = directory / ".clock"
-    probe.touch()
-    os.utime(probe, None)
-    return probe.stat().st_mtime
-
-
-def recover_stale(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: int | None = None) -> list[int]:
-    """Mark RUNNING trials whose owner stopped beating as FAIL; return their numbers."""
-    from optuna.trial import TrialState
-
-    now = storage_now(sweep.dir)
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number == keep:
-            continue
-        beat = sweep.trials_dir / trial_name(t.number) / "heartbeat"
-        last = beat.stat().st_mtime if beat.exists() else t.datetime_start.timestamp()
-        if now - last <= stale_after:
-            continue
-        reason = f"no heartbeat for {now - last:.0f} s (agent {t.user_attrs.get('agent', '?')} killed?)"
-        _set_attr(study, t._trial_id, "error", reason)
-        _tell(study, t.number, state=TrialState.FAIL)
-        mark_run(sweep.trials_dir / trial_name(t.number), "failed", error=reason)
-        log.warning("trial %s marked failed: %s", trial_name(t.number), reason)
-        failed.append(t.number)
-    return failed
-
-
 # ---- the agent ----------------------------------------------------------------------------------------
 
 
@@ -181,7 +117,7 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
     study = open_study(sweep, spec, agent_id)
     space = optuna_space(spec)
     state_path = sweep.agents_dir / f"{agent_id}.json"
-    own = _own_unfinished(study, state_path)
+    own = own_unfinished(study, state_path)
     recover_stale(study, sweep, stale_after, keep=own.number if own else None)
     ran, failures, stop_reason = [], 0, "count reached"
     while count is None or len(ran) < count:
@@ -196,8 +132,8 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
             trial, resumed = study.ask(space), False
             if spec.run_cap and trial.number >= spec.run_cap:
                 # Numbers are handed out atomically by the storage, so this makes run_cap exact.
-                _set_attr(study, trial._trial_id, "error", "discarded: run_cap reached")
-                _tell(study, trial.number, state=_states().FAIL)
+                set_attr(study, trial._trial_id, "error", "discarded: run_cap reached")
+                tell(study, trial.number, state=trial_states().FAIL)
                 stop_reason = f"run_cap {spec.run_cap} reached"
                 break
         state = _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed,
@@ -215,7 +151,9 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
 
 
 def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_fn, heartbeat_s) -> str:
-    TrialState = _states()
+    from optuna.pruners import NopPruner
+
+    TrialState = trial_states()
     name = trial_name(trial.number)
     run_dir = sweep.trials_dir / name
     write_json(state_path, {"agent_id": agent_id, "trial": trial.number, "trial_id": trial._trial_id,
@@ -223,9 +161,9 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_f
                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     with Heartbeat(run_dir / "heartbeat", heartbeat_s):
-        _set_attr(study, trial._trial_id, "agent", agent_id)
+        set_attr(study, trial._trial_id, "agent", agent_id)
         params = decode(spec, trial.params)
-        pruning = study.pruner.__class__.__name__ != "NopPruner"
+        pruning = not isinstance(study.pruner, NopPruner)
         flags = {"lost": False}
         reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
 
@@ -252,20 +190,23 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_f
         except Exception as exc:
             message = (str(exc).splitlines() or [type(exc).__name__])[0]
             log.error("%s: trial %s failed: %s", agent_id, name, message, exc_info=not isinstance(exc, InatError))
-            _set_attr(study, trial._trial_id, "error", message)
-            _tell(study, trial.number, state=TrialState.FAIL)
+            set_attr(study, trial._trial_id, "error", message)
+            tell(study, trial.number, state=TrialState.FAIL)
             mark_run(run_dir, "failed", error=message)
             result = "failed"
         else:
-            if outcome.pruned or flags["lost"]:
-                _tell(study, trial.number, state=TrialState.PRUNED)
+            if flags["lost"]:  # the study already holds it as FAIL; keep run.json saying so
+                mark_run(run_dir, "failed", error="declared dead by another agent (heartbeat too old)")
+                result = "failed"
+            elif outcome.pruned:
+                tell(study, trial.number, state=TrialState.PRUNED)
                 mark_run(run_dir, "pruned", pruned_at_epoch=outcome.epochs)
                 result = "pruned"
             elif outcome.value is None:
-                _tell(study, trial.number, state=TrialState.FAIL)
+                tell(study, trial.number, state=TrialState.FAIL)
                 result = "failed"
             else:
-                _tell(study, trial.number, outcome.value)
+                tell(study, trial.number, outcome.value)
                 result = "finished"
             log.info("%s: trial %s %s after %d epoch(s), best %s %s", agent_id, name, result,
                      outcome.epochs, spec.metric, outcome.value)
@@ -330,23 +271,6 @@ def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
-def _own_unfinished(study, state_path: Path):
-    """The trial this agent id was running when it was killed, if the study still has it RUNNING."""
-    import optuna
-
-    if not state_path.is_file():
-        return None
-    number = read_json(state_path).get("trial")
-    if number is None:
-        return None
-    frozen = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-    if frozen is None or frozen.state != _states().RUNNING:
-        log.info("previous trial %s of this agent is %s; starting a new one", trial_name(number),
-                 "gone" if frozen is None else frozen.state.name.lower())
-        return None
-    return optuna.trial.Trial(study, frozen._trial_id)
-
-
 def _sweep_done(study, spec: SweepSpec) -> str | None:
     from optuna.samplers import GridSampler
 
@@ -356,39 +280,17 @@ def _sweep_done(study, spec: SweepSpec) -> str | None:
     if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
         return "grid exhausted"
     if spec.target is not None:
-        done = [t.value for t in trials if t.state == _states().COMPLETE and t.value is not None]
+        done = [t.value for t in trials if t.state == trial_states().COMPLETE and t.value is not None]
         if any((v >= spec.target) if spec.maximize else (v <= spec.target) for v in done):
             return f"metric target {spec.target} reached"
     return None
 
 
-def _tell(study, number: int, value: float | None = None, state=None) -> None:
-    try:
-        study.tell(number, value, state=state, skip_if_finished=True)
-    except RuntimeError as exc:
-        if "Study.stop" not in str(exc):  # GridSampler asks to stop outside optimize(): state is saved
-            raise
-    except Exception as exc:  # finished by another process between the check and the write
-        log.warning("trial %s: %s", trial_name(number), exc)
-
-
-def _set_attr(study, trial_id: int, key: str, value: Any) -> None:
-    try:
-        study._storage.set_trial_user_attr(trial_id, key, value)
-    except Exception as exc:  # the trial finished meanwhile
-        log.debug("set_trial_user_attr(%s): %s", key, exc)
-
-
 def _history_metric(run_dir: Path, metric: str) -> list[tuple[int, float]]:
-    from .sweep import _history
+    rows = history_rows(run_dir / "history.csv")
+    return [(int(r["epoch"]), r[metric]) for r in rows if r.get(metric) == r.get(metric)]  # skips NaN
 
-    return [(int(r["epoch"]), r[metric]) for r in _history(run_dir / "history.csv") if r.get(metric) == r.get(metric)]
 
-
-def _states():
-    from optuna.trial import TrialState
-
-    return TrialState
 
 
 def _best_reported(t, spec: SweepSpec) -> float | None:

@@ -33,10 +33,11 @@ def write_all(trials, swept: list[str], out_dir: Path, title: str, pdf: bool = F
     written = save_figure(accuracy_vs_created(trials, title), out_dir / "accuracy_vs_created.png", pdf)
     scored = [t for t in trials if t.best_val_accuracy is not None]
     if not swept or len(scored) < 2:
-        log.info("sweep report: %d scored trial(s) and %d swept parameter(s): no parallel/importance plots yet",
-                 len(scored), len(swept))
+        log.info("sweep report: %d scored trial(s) and %d swept parameter(s): "
+                 "no parallel/importance plots yet", len(scored), len(swept))
         return written
-    written += save_figure(parallel_coordinates(scored, swept, title), out_dir / "parallel_coordinates.png", pdf)
+    fig = parallel_coordinates(scored, swept, title)
+    written += save_figure(fig, out_dir / "parallel_coordinates.png", pdf)
     written += save_figure(importance_figure(scored, swept, title), out_dir / "param_importance.png", pdf)
     return written
 
@@ -44,33 +45,42 @@ def write_all(trials, swept: list[str], out_dir: Path, title: str, pdf: bool = F
 # ---- 1. val accuracy against creation time --------------------------------------------------------
 
 
+def _local(when):
+    # Naive local time: matplotlib would show aware datetimes in UTC, not the user's clock.
+    return when.astimezone().replace(tzinfo=None)
+
+
 def accuracy_vs_created(trials, title: str = ""):
     fig = new_figure(10, 5)
     ax = fig.add_subplot()
     for state, (color, marker, label) in STATE_STYLE.items():
-        pts = [(t.started, t.best_val_accuracy) for t in trials if t.state == state and t.best_val_accuracy is not None]
+        pts = [(_local(t.started), t.best_val_accuracy) for t in trials
+               if t.state == state and t.best_val_accuracy is not None]
         if pts:
             x, y = zip(*pts)
             ax.scatter(x, y, c=color, marker=marker, s=46, label=f"{label} ({len(pts)})", zorder=3)
     scored = [t for t in trials if t.best_val_accuracy is not None]
     if scored:
         best = np.maximum.accumulate([t.best_val_accuracy for t in scored])
-        ax.step([t.started for t in scored], best, where="post", color="#2da44e", lw=1.6, alpha=0.8,
+        ax.step([_local(t.started) for t in scored], best, where="post", color="#2da44e", lw=1.6, alpha=0.8,
                 label="best so far", zorder=2)
         top = max(scored, key=lambda t: t.best_val_accuracy)
-        ax.annotate(f"{top.name}: {top.best_val_accuracy:.3f}", (top.started, top.best_val_accuracy),
-                    xytext=(6, 8), textcoords="offset points", fontsize=9)
+        late = top.started > scored[0].started + (scored[-1].started - scored[0].started) * 0.7
+        ax.annotate(f"{top.name}: {top.best_val_accuracy:.3f}", (_local(top.started), top.best_val_accuracy),
+                    xytext=(-8 if late else 8, 8), textcoords="offset points", fontsize=9,
+                    ha="right" if late else "left")
     locator = mdates.AutoDateLocator()
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    ax.set_xlabel("trial created")
+    ax.set_xlabel("trial created (local time)")
     ax.set_ylabel("best val_accuracy")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=9, loc="lower right")
     unscored = len(trials) - len(scored)
     note = f"; {unscored} without a finished epoch yet" if unscored else ""
-    ax.set_title(f"Sweep {title}: val accuracy against creation time, {len(trials)} trials{note}", fontsize=11)
+    ax.set_title(f"Sweep {title}: val accuracy against creation time, {len(trials)} trials{note}",
+                 fontsize=11)
     return fig
 
 
@@ -133,7 +143,8 @@ def parallel_coordinates(trials, swept: list[str], title: str = ""):
         ax.plot(x, ys[i], color=cmap(norm(acc[i])), lw=1.1 if pruned else 1.8, alpha=0.55 if pruned else 0.9,
                 ls="--" if pruned else "-", zorder=2)
     best = int(np.argmax(acc))
-    ax.plot(x, ys[best], color="#d1242f", lw=3.0, zorder=3, label=f"best: {trials[best].name} ({acc[best]:.3f})")
+    ax.plot(x, ys[best], color="#d1242f", lw=3.0, zorder=3,
+            label=f"best: {trials[best].name} ({acc[best]:.3f})")
     for j, (_, ticks) in enumerate(mapped):
         ax.axvline(j, color="#444444", lw=1.0, zorder=1)
         for pos, label in ticks:
@@ -145,7 +156,8 @@ def parallel_coordinates(trials, swept: list[str], title: str = ""):
     ax.set_ylim(-0.06, 1.06)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, pad=0.01, label="best val_accuracy")
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, fraction=0.03, pad=0.01,
+                 label="best val_accuracy")
     ax.legend(loc="upper left", bbox_to_anchor=(0, -0.12), fontsize=9, frameon=False)
     ax.set_title(f"Sweep {title}: parameters -> best val accuracy, {len(trials)} trials "
                  "(dashed: pruned/stopped early)", fontsize=11)
@@ -171,7 +183,8 @@ def correlations(trials, swept: list[str]) -> list[tuple[str, float]]:
             out.append((key, _pearson(v, acc)))
         else:
             for level in sorted({str(v) for v in values}):
-                out.append((f"{key} = {level}", _pearson(np.array([str(v) == level for v in values], float), acc)))
+                one_hot = np.array([str(v) == level for v in values], float)
+                out.append((f"{key} = {level}", _pearson(one_hot, acc)))
     return [(k, r) for k, r in out if not math.isnan(r)]
 
 
@@ -235,7 +248,8 @@ def importance_figure(trials, swept: list[str], title: str = ""):
         left.axvline(0, color="#444444", lw=0.8)
         left.set_xlim(-1, 1)
     else:
-        left.text(0.5, 0.5, "needs 3+ trials with varying values", ha="center", va="center", transform=left.transAxes)
+        left.text(0.5, 0.5, "needs 3+ trials with varying values", ha="center", va="center",
+                  transform=left.transAxes)
     left.set_xlabel("Pearson correlation with best val_accuracy")
     left.set_title("Correlation (categories: one value vs the rest)", fontsize=10)
     left.tick_params(axis="y", labelsize=8)
@@ -245,7 +259,8 @@ def importance_figure(trials, swept: list[str], title: str = ""):
         right.barh(names, values, color="#1f6feb")
         right.set_xlabel("importance (sums to 1)")
     else:
-        right.text(0.5, 0.5, f"importance {why}", ha="center", va="center", wrap=True, transform=right.transAxes)
+        right.text(0.5, 0.5, f"importance {why}", ha="center", va="center", wrap=True,
+                   transform=right.transAxes)
     right.set_title(f"Importance (Optuna PED-ANOVA; noisy below ~30 trials, {len(trials)} here)", fontsize=10)
     right.tick_params(axis="y", labelsize=9)
     right.grid(axis="x", alpha=0.3)

@@ -4,7 +4,8 @@ Everything is read from SWEEP/trials/<trial>/ (config.yaml, run.json, history.cs
 backends write, so the report needs neither the W&B server nor the Optuna storage and works
 offline, on a copy, or while the sweep is still running:
 
-    SWEEP/trials.csv                       one row per trial: state, epochs, best val_accuracy, start, every key
+    SWEEP/trials.csv                       one row per trial: state, epochs, best val_accuracy, start,
+                                           every config key
     SWEEP/figures/accuracy_vs_created.png  best val accuracy of each trial against its start time
     SWEEP/figures/parallel_coordinates.png swept parameters -> best val accuracy, one line per trial
     SWEEP/figures/param_importance.png     correlation of each parameter (value) with val accuracy,
@@ -28,7 +29,8 @@ from .errors import InatError
 from .fsutil import read_json, write_csv
 
 # run.json status -> trial state (the names `sweep-status` shows)
-STATES = {"completed": "finished", "stopped": "pruned", "pruned": "pruned", "failed": "failed", "running": "running"}
+STATES = {"completed": "finished", "stopped": "pruned", "pruned": "pruned", "failed": "failed",
+          "running": "running"}
 LEAD = ["trial", "state", "epochs_done", "best_val_accuracy", "best_epoch", "started"]
 
 
@@ -44,7 +46,8 @@ class Trial:
 
     def row(self, keys: list[str]) -> list[Any]:
         acc = "" if self.best_val_accuracy is None else f"{self.best_val_accuracy:.6f}"
-        lead = [self.name, self.state, self.epochs, acc, self.best_epoch or "", self.started.isoformat(timespec="seconds")]
+        started = self.started.isoformat(timespec="seconds")
+        lead = [self.name, self.state, self.epochs, acc, self.best_epoch or "", started]
         # Lists as YAML ("[3, 5, 5, 7, 7]") so that a row pastes straight into --set key=value.
         return lead + [yaml.safe_dump(v, default_flow_style=True).strip() if isinstance(v, list) else v
                        for v in (self.config.get(k, "") for k in keys)]
@@ -53,34 +56,55 @@ class Trial:
 def read_trials(sweep_dir: str | os.PathLike) -> list[Trial]:
     """One Trial per run directory under SWEEP/trials/, oldest first (trials without a config skipped)."""
     trials_dir = Path(sweep_dir) / "trials"
-    trials = [read_trial(d) for d in sorted(trials_dir.iterdir()) if (d / "config.yaml").is_file()] if trials_dir.is_dir() else []
+    dirs = sorted(trials_dir.iterdir()) if trials_dir.is_dir() else []
+    trials = [read_trial(d) for d in dirs if (d / "config.yaml").is_file()]
     return sorted(trials, key=lambda t: (t.started, t.name))
 
 
 def read_trial(run_dir: Path) -> Trial:
     info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
     history = _history(run_dir / "history.csv")
-    scored = [(row["val_accuracy"], int(row["epoch"])) for row in history if not math.isnan(row.get("val_accuracy", math.nan))]
+    scored = [(row["val_accuracy"], int(row["epoch"])) for row in history
+              if not math.isnan(row.get("val_accuracy", math.nan))]
     best = max(scored) if scored else None
     config = RunConfig.load(run_dir / "config.yaml").to_dict()
     status = info.get("status", "running")
     return Trial(run_dir.name, STATES.get(status, status), len(history), best[0] if best else None,
-                 best[1] if best else None, started_time(run_dir, info), config)
+                 best[1] if best else None, started_time(run_dir, info, history), config)
 
 
-def started_time(run_dir: Path, info: dict) -> dt.datetime:
-    """When the trial started: run.json's `started` if the writer recorded it, else the time of
-    splits.json (written once, when training starts; config.yaml is rewritten on every resume)."""
+def started_time(run_dir: Path, info: dict, history: list[dict] | None = None) -> dt.datetime:
+    """When the trial started, best source first:
+    1. run.json's `started`, if the writer recorded one;
+    2. run.json's `updated`, which train() writes when training starts (status "running") and when
+       it ends (less the seconds of the epochs in history.csv, then): file contents, so it
+       survives a copy, unlike mtimes (`cp -r` and `scp -r` reset them);
+    3. the mtime of splits.json (written once, when training starts; config.yaml is rewritten on
+       every resume), else of the folder.
+    """
     for key in ("started", "created"):
-        if info.get(key):
-            try:
-                return dt.datetime.fromisoformat(str(info[key])).astimezone()
-            except ValueError:
-                pass
+        when = _parse_time(info.get(key))
+        if when is not None:
+            return when
+    updated = _parse_time(info.get("updated"))
+    if updated is not None:
+        if info.get("status", "running") == "running":
+            return updated
+        seconds = [r.get("seconds", math.nan) for r in history or []]
+        return updated - dt.timedelta(seconds=sum(x for x in seconds if not math.isnan(x)))
     for name in ("splits.json", "config.yaml"):
         if (run_dir / name).is_file():
             return dt.datetime.fromtimestamp((run_dir / name).stat().st_mtime).astimezone()
     return dt.datetime.fromtimestamp(run_dir.stat().st_mtime).astimezone()
+
+
+def _parse_time(value) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(str(value)).astimezone()
+    except ValueError:
+        return None
 
 
 def swept_keys(sweep_dir: Path, trials: list[Trial]) -> list[str]:

@@ -113,7 +113,8 @@ def run_agent(sweep: Sweep, count: int | None = None) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         run = wandb.init(dir=str(run_dir), group=sweep.id, job_type="sweep", mode="online")
         # The sweep reads the summary: make it the best epoch, as the local backend's value is.
-        run.define_metric(spec.metric, summary="max" if spec.maximize else "min")
+        run.define_metric("epoch")
+        run.define_metric(spec.metric, step_metric="epoch", summary="max" if spec.maximize else "min")
         cfg = sweep.trial_config(spec, dict(run.config), run_id)
         try:
             train(cfg, run_dir, sweep.data_root, wandb_group=sweep.id, wandb_job_type="sweep", verbose=0)

@@ -59,8 +59,8 @@ def parse_what(what: Iterable[str] | str) -> list[str]:
     names = [w.strip().lower() for w in items if w.strip()]
     unknown = [w for w in names if w not in WHAT]
     if unknown or not names:
-        raise InatError(f"--what {','.join(items)!s}: unknown figure {unknown[0] if unknown else '(none)'!r}; "
-                        f"choose from {','.join(WHAT)}")
+        bad = unknown[0] if unknown else "(none)"
+        raise InatError(f"--what {','.join(items)}: unknown figure {bad!r}; choose from {','.join(WHAT)}")
     return list(dict.fromkeys(names))
 
 
@@ -70,7 +70,9 @@ class _Run:
     def __init__(self, run_dir, data_root):
         self.dir = Path(run_dir).resolve()
         if not (self.dir / "config.yaml").is_file():
-            raise InatError(f"{self.dir}: not a run directory (no config.yaml); pass --run SCRATCH/runs/RUN_ID")
+            raise InatError(
+                f"{self.dir}: not a run directory (no config.yaml); pass --run SCRATCH/runs/RUN_ID"
+            )
         self.data_root = data_root
         self.cfg = RunConfig.load(self.dir / "config.yaml")
         self.out = self.dir / "figures"
@@ -106,7 +108,8 @@ class _Run:
         return np.concatenate(batches), kept
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.model.predict_on_batch(images[i : i + 32]) for i in range(0, len(images), 32)])
+        batches = [images[i : i + 32] for i in range(0, len(images), 32)]
+        return np.concatenate([self.model.predict_on_batch(batch) for batch in batches])
 
 
 # ---- the figures ----------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def _first_conv_features(model, layer):
 
 
 def _input_is_bgr(model) -> bool:
-    return any(getattr(layer, "mode", None) == "caffe" for layer in model.layers if isinstance(layer, models.Preprocess))
+    return any(isinstance(layer, models.Preprocess) and layer.mode == "caffe" for layer in model.layers)
 
 
 def _filters(run: _Run, seed: int, pdf: bool, **_) -> list[Path]:
@@ -175,7 +178,8 @@ def _filters(run: _Run, seed: int, pdf: bool, **_) -> list[Path]:
     if _input_is_bgr(model):
         kernel = kernel[:, :, ::-1, :]  # ResNet50's caffe preprocessing feeds BGR: show RGB
     where = f"{run.cfg.model}, layer {layer.name}"
-    written = plots.save_figure(plots.filter_grid(kernel, f"First conv layer ({where})"), run.out / "filters.png", pdf)
+    fig = plots.filter_grid(kernel, f"First conv layer ({where})")
+    written = plots.save_figure(fig, run.out / "filters.png", pdf)
 
     index = int(np.random.default_rng(seed).integers(len(run.splits.test)))
     images, kept = run.images([index])
@@ -191,8 +195,8 @@ def _guided(run: _Run, seed: int, max_images: int, pdf: bool, **_) -> list[Path]
     model = run.model
     names = {layer.name for layer in model.layers}
     if GUIDED_LAYER not in names:
-        log.info("visualize: guided backprop skipped: %s has no layer %r (only the scratch CNN defines CONV5)",
-                 run.cfg.model, GUIDED_LAYER)
+        log.info("visualize: guided backprop skipped: %s has no layer %r "
+                 "(only the scratch CNN defines CONV5)", run.cfg.model, GUIDED_LAYER)
         return []
     # The neuron's value is the block's activation output (conv5 -> [bn5] -> act5) when there is one.
     target = "act5" if "act5" in names else GUIDED_LAYER
@@ -213,7 +217,7 @@ def _guided(run: _Run, seed: int, max_images: int, pdf: bool, **_) -> list[Path]
     grads = guided.NeuronGradients(guided.guided_model(model, target))(images[idx], rows, cols, channels)
 
     classes, test_labels = run.splits.classes, run.splits.labels("test")
-    labels = [f"{GUIDED_LAYER} channel {c}\n{classes[test_labels[kept[i]]]}\nvalue {v:.2f}"
+    labels = [f"{GUIDED_LAYER} channel {c}\nclass: {classes[test_labels[kept[i]]]}\n{target} = {v:.2f}"
               for c, (i, _, _, v) in zip(channels, picked)]
     boxes = [receptive_field(model, target, r, c, run.size) for r, c in zip(rows, cols)]
     fig = plots.guided_figure(
@@ -262,6 +266,7 @@ def _confusion(run: _Run, pdf: bool, **_) -> list[Path]:
     cm = np.asarray(metrics["confusion_matrix"])
     fig = plots.confusion_figure(
         cm, metrics["classes"],
-        title=f"{run.dir.name} ({run.cfg.model}): test accuracy {metrics['accuracy']:.1%} on {metrics['n']} images",
+        title=f"{run.dir.name} ({run.cfg.model}): test accuracy {metrics['accuracy']:.1%} "
+              f"on {metrics['n']} images",
     )
     return plots.save_figure(fig, run.out / "confusion_matrix.png", pdf)

@@ -22,10 +22,13 @@ def visualize(
     ),
     what: str = typer.Option(
         "grid,filters,guided,confusion", "--what", "-w",
-        help="Comma-separated figures: grid (test predictions), filters (first conv layer: filters and "
-             "feature maps), guided (guided backprop of 10 conv5 neurons), confusion (test confusion matrix).",
+        help="Comma-separated figures: grid (test predictions), filters (first conv layer: filters "
+             "and feature maps), guided (guided backprop of 10 conv5 neurons), confusion (test "
+             "confusion matrix).",
     ),
-    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Dataset root, if it moved since training."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", "-d", help="Dataset root, if it moved since training."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the test images shown and the neurons picked."),
     max_images: int = typer.Option(
         200, "--max-images", help="Test images searched for where each conv5 neuron fires most."
@@ -55,7 +58,9 @@ def visualize(
 
 @app.command("sweep-report")
 def sweep_report(
-    sweep_id: str = typer.Argument(..., help="Sweep id (a folder under SCRATCH/sweeps/), or the sweep folder itself."),
+    sweep_id: str = typer.Argument(
+        ..., help="Sweep id (a folder under SCRATCH/sweeps/), or the sweep folder itself."
+    ),
     out: Optional[Path] = OutOpt,
     pdf: bool = typer.Option(False, "--pdf/--no-pdf", help="Also write a PDF beside each PNG."),
 ) -> None:

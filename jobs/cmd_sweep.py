@@ -20,25 +20,32 @@ from inat import layout
 from inat.config import parse_overrides
 from inat.errors import ConfigError, InatError
 from inat.sweep import BACKENDS, Sweep, best_configs, load_sweep, new_sweep, read_trial
-from inat.sweep_spec import load_spec, optuna_space
+from inat.sweep_optuna import optuna_space
+from inat.sweep_spec import load_spec
 
 from .cli import app
 from .cluster import ClusterOpt, ClusterSetOpt, ProfileOpt, load_profile, resolve_cluster
 from .cmd_run import DataOpt, OutOpt, SetOpt
 
 StaleOpt = typer.Option(
-    600.0, "--stale-after", help="Seconds without a heartbeat after which a running trial counts as dead (local backend)."
+    600.0, "--stale-after",
+    help="Seconds without a heartbeat after which a running trial counts as dead (local backend).",
 )
 
 
 @app.command("launch-sweep")
 def launch_sweep(
-    sweep: Path = typer.Option(..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_partA.yaml."),
+    sweep: Path = typer.Option(
+        ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_partA.yaml."
+    ),
     agents: int = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start."),
     trials_per_agent: Optional[int] = typer.Option(
-        None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."
+        None, "--trials-per-agent", "-m",
+        help="Trials each agent runs (default: until run_cap / the grid ends the sweep).",
     ),
-    backend: str = typer.Option("local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server."),
+    backend: str = typer.Option(
+        "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server."
+    ),
     cluster: Optional[str] = ClusterOpt,
     profile_path: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
@@ -50,7 +57,9 @@ def launch_sweep(
     ),
     seed: int = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it)."),
     wait: bool = typer.Option(False, "--wait", help="Block until the agents finish; non-zero exit if one failed."),
-    json_: bool = typer.Option(False, "--json", help="Print one JSON object {sweep_id, job_ids, out} and nothing else."),
+    json_: bool = typer.Option(
+        False, "--json", help="Print one JSON object {sweep_id, job_ids, out} and nothing else."
+    ),
 ) -> None:
     """Create a sweep under SCRATCH/sweeps/ID/ and start N agents on it."""
     if wait and cluster not in (None, "local"):
@@ -162,7 +171,8 @@ def sweep_status(
     json_: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     stale_after: float = StaleOpt,
 ) -> None:
-    """Every trial's state, epochs and best val_accuracy; counts per state; the best config as YAML."""
+    """Every trial's state, epochs and best val_accuracy; counts per state; the best config as YAML
+    (also written to SCRATCH/sweeps/ID/best_config.yaml for `inat-jobs train --config`)."""
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     spec = sw.spec()
     if sw.backend == "local":
@@ -197,7 +207,7 @@ def sweep_status(
         return
     typer.echo(f"\nbest: trial {best_out['trial']}, val_accuracy {best_out['val_accuracy']:.4f}; "
                f"train it with: inat-jobs train --config {best_out['config_path']} --data DATA")
-    typer.echo(yaml.safe_dump(best_out["config"], sort_keys=False).rstrip())
+    typer.echo(yaml.safe_dump(best_out["config"], sort_keys=False, default_flow_style=None).rstrip())
 
 
 # ---- helpers -----------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from PIL import Image
 from conftest import run_cli
 from inat import plots
 
-CLASSES = ["Amphibia", "Animalia", "Arachnida", "Aves", "Fungi", "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia"]
+CLASSES = ["Amphibia", "Animalia", "Arachnida", "Aves", "Fungi",
+           "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia"]
 RUN_PNGS = ["predictions", "filters", "feature_maps", "guided_backprop", "confusion_matrix"]
 
 
@@ -55,7 +56,8 @@ def test_prediction_grid_panels_and_marked_mistakes():
     assert sum("✗" in t for t in titles) == 3
     assert all(t.startswith("true: ") and "pred: " in t and "(50%)" in t for t in titles)
     wrong = [ax for ax in fig.axes if ax.images and "✗" in ax.get_title()]
-    assert all(ax.spines["top"].get_edgecolor()[:3] == pytest.approx((0xD1 / 255, 0x24 / 255, 0x2F / 255)) for ax in wrong)
+    red = (0xD1 / 255, 0x24 / 255, 0x2F / 255)
+    assert all(ax.spines["top"].get_edgecolor()[:3] == pytest.approx(red) for ax in wrong)
 
 
 def test_prediction_grid_leaves_a_blank_for_a_short_class():
@@ -71,7 +73,8 @@ def test_filter_and_feature_map_grids_have_one_panel_per_filter(n):
     assert plots.image_panels(fig) == n
     rows, cols = plots.grid_shape(n)
     tiles = [ax.images[0].get_array() for ax in fig.axes if ax.images]
-    assert all(t.shape == (5, 5, 3) and t.min() == pytest.approx(0) and t.max() == pytest.approx(1) for t in tiles)
+    assert all(t.shape == (5, 5, 3) for t in tiles)
+    assert all(t.min() == pytest.approx(0) and t.max() == pytest.approx(1) for t in tiles)
     fig = plots.feature_map_grid(_photos(1)[0], np.random.default_rng(1).normal(size=(24, 24, n)), "maps")
     assert plots.image_panels(fig) == n + 1  # the maps and the input image
     assert len([ax for ax in fig.axes if ax.images and ax.get_title().isdigit()]) == n
@@ -229,9 +232,28 @@ def test_sweep_report_from_trial_directories(tmp_path):
     assert len(rows) == 12
     assert [r["trial"] for r in rows] == [str(i) for i in range(11, -1, -1)]  # oldest first
     assert {r["state"] for r in rows} == {"finished", "pruned", "running"}
-    assert rows[0]["state"] == "running" and rows[0]["best_val_accuracy"] == "" and rows[0]["epochs_done"] == "0"
+    assert rows[0]["state"] == "running"
+    assert rows[0]["best_val_accuracy"] == "" and rows[0]["epochs_done"] == "0"
     assert {"activation", "batch_norm", "filt_org", "learning_rate", "started", "best_epoch"} <= set(rows[0])
     assert rows[1]["filt_org"].startswith("[")  # pastes back into --set filt_org=[...]
+
+
+def test_trial_start_time_survives_a_copy(tmp_path):
+    """run.json's `updated` less the epochs' seconds beats file times, which `cp -r` resets."""
+    import datetime as dt
+
+    from inat.sweep_report import read_trials
+
+    sweep = fake_sweep(tmp_path / "s", n=3)
+    finished = sweep / "trials" / "0"
+    (finished / "run.json").write_text('{"status": "completed", "updated": "2025-03-01T10:00:00+0000"}')
+    running = sweep / "trials" / "2"
+    (running / "run.json").write_text('{"status": "running", "updated": "2025-03-01T12:00:00+0000"}')
+    trials = {t.name: t for t in read_trials(sweep)}
+    utc = dt.timezone.utc
+    assert trials["0"].started == dt.datetime(2025, 3, 1, 9, 59, 57, tzinfo=utc)  # 3 epochs of 1 s
+    assert trials["2"].started == dt.datetime(2025, 3, 1, 12, 0, 0, tzinfo=utc)
+    assert trials["1"].started > trials["2"].started  # no `updated`: the splits.json mtime
 
 
 def test_sweep_correlation_finds_the_parameter_that_matters(tmp_path):

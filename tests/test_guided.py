@@ -40,7 +40,8 @@ def test_other_activations_keep_their_own_slope_behind_the_same_gate(name):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     assert got[0] == got[1] == 0.0  # the negative branch never passes, even with upstream > 0
     # The forward pass is the activation itself.
-    np.testing.assert_allclose(guided.guided(name)(tf.constant(x)).numpy(), f(tf.constant(x)).numpy(), rtol=1e-6)
+    forward = guided.guided(name)(tf.constant(x)).numpy()
+    np.testing.assert_allclose(forward, f(tf.constant(x)).numpy(), rtol=1e-6)
 
 
 def _hand_model(activation: str) -> keras.Model:

@@ -106,9 +106,9 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     sweep = tmp_path / "tiny.yaml"
     sweep.write_text(
         "method: bayes\nmetric: {name: val_accuracy, goal: maximize}\n"
-        "early_terminate: {type: hyperband, min_iter: 1, eta: 2}\n"
+        "early_terminate: {type: hyperband, min_iter: 1, eta: 2, s: 1}\n"  # one bracket: all 6 compete
         "parameters:\n"
-        "  learning_rate: {values: [0.01, 0.003, 0.0003]}\n"
+        "  learning_rate: {values: [0.01, 0.003, 1.0e-6]}\n"  # 1e-6 barely learns: a pruning candidate
         "  kernel_size: {values: [[3, 3, 3, 3, 3], [5, 3, 3, 3, 3]]}\n"
         "  dropout: {distribution: uniform, min: 0.0, max: 0.4}\n"
     )
@@ -155,3 +155,25 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     assert text.returncode == 0 and "6 trial(s)" in text.stdout
     emitted = text.stdout.split("--data DATA\n", 1)[1]
     assert RunConfig.from_dict(yaml.safe_load(emitted)) == best
+
+
+def test_status_of_a_wandb_sweep_reads_the_trial_run_directories(tmp_path):
+    """The W&B API may be out of reach: status and best configs come from scratch storage."""
+    from inat.fsutil import write_csv, write_json
+    from inat.sweep import new_sweep
+
+    (tmp_path / "data").mkdir()
+    sweep, _ = new_sweep(tmp_path, PART_A, "wandb", tmp_path / "data", {"epochs": 2})
+    for run_id, status, accs in (("abc123", "completed", [0.2, 0.4]), ("def456", "pruned", [0.1]),
+                                 ("ghi789", "completed", [0.3, 0.35])):
+        run = sweep.trials_dir / run_id
+        RunConfig.from_dict({"epochs": 2, "dropout": 0.4 if run_id == "abc123" else 0.0}).save(run / "config.yaml")
+        write_json(run / "run.json", {"status": status})
+        write_csv(run / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"],
+                  [[i + 1, 1, 0.5, 1, a, 1] for i, a in enumerate(accs)])
+    result = run_cli("sweep-status", sweep.id, "--out", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["counts"] == {"finished": 2, "pruned": 1}
+    assert report["best"]["trial"] == "abc123" and report["best"]["val_accuracy"] == 0.4
+    assert RunConfig.load(report["best"]["config_path"]).dropout == 0.4

@@ -12,10 +12,8 @@ from optuna.trial import TrialState
 
 from inat.config import RunConfig
 from inat.fsutil import read_json, write_csv, write_json
-from inat.sweep import best_configs, load_sweep, new_sweep
-from inat.sweep_local import (
-    Outcome, create_study, open_study, recover_stale, run_agent, storage_for, trial_name, trial_rows,
-)
+from inat.sweep import best_configs, load_sweep, new_sweep, trial_name
+from inat.sweep_local import Outcome, create_study, open_study, run_agent, storage_for, trial_rows
 
 SPEC = """
 method: bayes
@@ -205,3 +203,30 @@ def test_best_config_yaml_is_a_train_config(tmp_path):
     cfg.save(path)
     assert RunConfig.load(path) == cfg
     assert isinstance(yaml.safe_load(path.read_text())["kernel_size"], list)
+
+
+def test_rdb_storage_url_works_too(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "s.yaml").write_text(SPEC)
+    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 3},
+                            storage=f"sqlite:///{tmp_path / 'study.db'}")
+    create_study(sweep, spec)
+    run_agent(load_sweep(sweep.scratch_root, sweep.id), "a0", count=2, trial_fn=fake_trial)
+    assert not (sweep.dir / "optuna.journal").exists() and (tmp_path / "study.db").is_file()
+    assert len(open_study(sweep, spec).get_trials()) == 2
+
+
+def test_trial_declared_dead_while_alive_stops_and_stays_failed(tmp_path):
+    sweep = make_sweep(tmp_path)
+
+    def declared_dead_midway(tr):
+        tr.report(1, 0.1)
+        other = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))  # another agent
+        other.tell(tr.number, state=TrialState.FAIL)
+        stop = tr.report(2, 0.2)
+        return Outcome(0.2, 2, stop)
+
+    run_agent(sweep, "a0", count=1, trial_fn=declared_dead_midway)
+    t = open_study(sweep, sweep.spec()).get_trials()[0]
+    assert t.state == TrialState.FAIL
+    assert read_json(sweep.trials_dir / "0000" / "run.json")["status"] == "failed"

@@ -10,9 +10,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from conftest import REPO
 from inat.config import RunConfig
 from inat.errors import ConfigError
-from inat.sweep_spec import (
-    decode, grid_space, hyperband_resources, load_spec, make_pruner, make_sampler, optuna_space,
-)
+from inat.sweep_optuna import decode, grid_space, hyperband_resources, make_pruner, make_sampler, optuna_space
+from inat.sweep_spec import load_spec
 
 PART_A = REPO / "configs" / "sweeps" / "sweep_partA.yaml"
 PART_B = REPO / "configs" / "sweeps" / "sweep_partB.yaml"
