@@ -47,16 +47,16 @@ PING_TIMEOUT_S = 5.0
 RESERVED_SBATCH = {"array", "output", "error", "dependency", "open-mode", "signal", "job-name", "wckey"}
 
 ClusterOpt = typer.Option(
-    None, "--cluster", help="slurm: submit Slurm jobs; local: run on this machine; auto (default): Slurm when "
-    "sbatch is here and the controller answers, else local."
+    None, "--cluster", help="slurm: submit Slurm jobs; local: run on this machine; auto (default): Slurm "
+    "when sbatch is here and the controller answers, else local."
 )
 RunsClusterOpt = typer.Option(
-    None, "--cluster", help="Run as one Slurm array job, one task per run (slurm; auto: Slurm when available). "
-    "Default: in this process."
+    None, "--cluster", help="Run as one Slurm array job, one task per run (slurm; auto: Slurm when "
+    "available). Default: in this process."
 )
 ProfileOpt = typer.Option(
-    None, "--profile", help=f"Cluster profile YAML (partition, time, gpus, ...; see configs/clusters/example.yaml). "
-    f"Default: ${PROFILE_ENV}, else Slurm's defaults."
+    None, "--profile", help=f"Cluster profile YAML (partition, time, gpus, ...; see "
+    f"configs/clusters/example.yaml). Default: ${PROFILE_ENV}, else Slurm's defaults."
 )
 ClusterSetOpt = typer.Option(
     None, "--cluster-set", help="Override one cluster-profile key, e.g. --cluster-set time=30 "

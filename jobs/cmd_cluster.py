@@ -21,7 +21,9 @@ from .cluster import ClusterOpt, ClusterSetOpt, ProfileOpt, load_profile, resolv
 from .cmd_run import DataOpt, OutOpt, SetOpt
 
 TopKOpt = typer.Option(1, "--top-k", "-k", help="Retrain the K best finished trials of the sweep.")
-SeedsOpt = typer.Option(1, "--seeds", help="Seeds per config (seed 0..S-1; the seed also draws the train/val split).")
+SeedsOpt = typer.Option(
+    1, "--seeds", help="Seeds per config (seed 0..S-1; the seed also draws the train/val split)."
+)
 EpochsOpt = typer.Option(None, "--epochs", help="Epochs for retraining (default: the trial's).")
 WaitOpt = typer.Option(False, "--wait", help="Block until the jobs end; exit 1 if one failed.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout.")
@@ -45,7 +47,7 @@ def retrain_best(
     cluster_set: Optional[List[str]] = ClusterSetOpt,
     wait: bool = WaitOpt,
 ) -> None:
-    """Retrain the sweep's top-K configs x S seeds as one array job, into SCRATCH/runs/<sweep_id>-best<k>-seed<s>/."""
+    """Retrain the sweep's top-K configs x S seeds as one array job, into runs/<sweep_id>-best<k>-seed<s>/."""
     from inat.sweep import best_configs
 
     from .submit import add_records, run_calls, submit_calls
@@ -59,7 +61,8 @@ def retrain_best(
     if not best:
         raise InatError(f"sweep {sw.id} has no finished trial yet; see `inat-jobs sweep-status {sw.id}`")
     if len(best) < top_k:
-        typer.echo(f"warning: sweep {sw.id} has only {len(best)} finished trial(s); retraining those", err=True)
+        typer.echo(f"warning: sweep {sw.id} has only {len(best)} finished trial(s); retraining those",
+                   err=True)
     runs_root = layout.runs_dir(sw.scratch_root)
     calls, runs = [], []
     for rank, seed in retrain_plan(len(best), seeds):
@@ -96,26 +99,37 @@ def _check_resumable(run_dir: Path, cfg: RunConfig) -> None:
 
 @app.command()
 def pipeline(
-    sweep: Path = typer.Option(..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_demo.yaml."),
+    sweep: Path = typer.Option(
+        ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_demo.yaml."
+    ),
     agents: int = typer.Option(..., "--agents", "-n", help="Number of sweep agents."),
     trials_per_agent: Optional[int] = typer.Option(
-        None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."
+        None, "--trials-per-agent", "-m",
+        help="Trials each agent runs (default: until run_cap / the grid ends the sweep).",
     ),
-    backend: str = typer.Option("local", "--backend", help="local: Optuna on scratch storage; wandb: W&B's server."),
+    backend: str = typer.Option(
+        "local", "--backend", help="local: Optuna on scratch storage; wandb: W&B's server."
+    ),
     data: Path = DataOpt,
     out: Optional[Path] = OutOpt,
     set_: Optional[List[str]] = SetOpt,
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL instead of the journal file."),
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Optuna RDB URL instead of the journal file."
+    ),
     seed: int = typer.Option(0, "--seed", help="Sampler seed."),
     top_k: int = TopKOpt,
     seeds: int = SeedsOpt,
     epochs: Optional[int] = EpochsOpt,
-    what: str = typer.Option("grid,filters,guided,confusion", "--what", "-w", help="Figures per retrained run."),
+    what: str = typer.Option(
+        "grid,filters,guided,confusion", "--what", "-w", help="Figures per retrained run."
+    ),
     cluster: Optional[str] = ClusterOpt,
     profile: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
     wait: bool = WaitOpt,
-    json_: bool = typer.Option(False, "--json", help="Print one JSON object {sweep_id, job_ids, out, ...} only."),
+    json_: bool = typer.Option(
+        False, "--json", help="Print one JSON object {sweep_id, job_ids, out, ...} only."
+    ),
 ) -> None:
     """Sweep -> retrain the top K x S seeds -> test -> figures. On Slurm: four chained array jobs, submitted
     at once; with --cluster local: the same stages, one after another, on this machine."""
@@ -168,18 +182,20 @@ def status(
 
     scratch = layout.scratch_root(out)
     if ident is None:
-        items = recent(scratch)
-        targets = [resolve(scratch, item["id"]) for item in items]
-        rows = jobstate.task_rows([r for t in targets for r in t.records])
+        targets = [resolve(scratch, item["id"]) for item in recent(scratch)]
+        rows = jobstate.task_rows([r for t in targets for r in t.records])  # one sacct call for all
+        listing = []
+        for t in targets:
+            ids = {task for rec in t.records for task in rec["task_ids"]}
+            listing.append({"id": t.id, "kind": t.kind,
+                            "states": jobstate.summary([r for r in rows if r["JobID"] in ids])})
         if json_:
-            typer.echo(json.dumps([{"id": t.id, "kind": t.kind, "states": jobstate.summary(
-                [r for r in rows if any(r["JobID"] in rec["task_ids"] for rec in t.records)])} for t in targets]))
+            typer.echo(json.dumps(listing))
             return
         if not targets:
             typer.echo(f"nothing under {scratch} yet (pipelines/, sweeps/)")
-        for t in targets:
-            mine = [r for r in rows if any(r["JobID"] in rec["task_ids"] for rec in t.records)]
-            typer.echo(f"{t.id:<24} {t.kind:<9} {jobstate.summary(mine)}")
+        for item in listing:
+            typer.echo(f"{item['id']:<24} {item['kind']:<9} {item['states']}")
         return
     target = resolve(scratch, ident)
     rows = jobstate.task_rows(target.records)
@@ -191,8 +207,8 @@ def status(
     typer.echo(f"{'stage':<10} {'JobID':<14} {'JobName':<16} {'State':<14} {'Elapsed':<10} ExitCode")
     for r in rows:
         note = f"  {r['Error']}" if r.get("Error") else ""
-        typer.echo(f"{r['stage']:<10} {r['JobID']:<14} {r['JobName']:<16} {r['State']:<14} {r['Elapsed']:<10} "
-                   f"{r['ExitCode']}{note}")
+        typer.echo(f"{r['stage']:<10} {r['JobID']:<14} {r['JobName']:<16} {r['State']:<14} "
+                   f"{r['Elapsed']:<10} {r['ExitCode']}{note}")
     for run in target.runs:
         typer.echo(f"run: {run}")
 
@@ -200,7 +216,9 @@ def status(
 @app.command()
 def collect(
     ident: Optional[str] = typer.Argument(None, help="Pipeline or sweep id (default: the most recent one)."),
-    dest: Path = typer.Option(..., "--dest", help="Directory to copy into (DEST/<id>/), or a file ending in .tar.gz."),
+    dest: Path = typer.Option(
+        ..., "--dest", help="Directory to copy into (DEST/<id>/), or a file ending in .tar.gz."
+    ),
     out: Optional[Path] = OutOpt,
 ) -> None:
     """Copy results off scratch: models, test metrics, figures, sweep table, configs, histories, logs of

@@ -48,7 +48,7 @@ def visualize(
     from .submit import maybe_submit
     from .tasks import visualize_run
 
-    args = (names, data, seed, max_images, pdf)
+    args = (names, data and data.resolve(), seed, max_images, pdf)
     if maybe_submit("visualize", run, cluster, profile, cluster_set, lambda r: (visualize_run, (r, *args))):
         return
     for one in run:

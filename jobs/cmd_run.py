@@ -61,7 +61,7 @@ def test(
     from .submit import maybe_submit
     from .tasks import evaluate_run
 
-    if maybe_submit("test", run, cluster, profile, cluster_set, lambda r: (evaluate_run, (r, data, batch_size))):
+    if maybe_submit("test", run, cluster, profile, cluster_set, lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))):
         return
     from inat.evaluate import evaluate, format_table
 

@@ -16,8 +16,8 @@ from inat.errors import InatError
 
 FIELDS = ("JobID", "JobName", "State", "Elapsed", "ExitCode")
 DONE_OK = {"COMPLETED", "SKIPPED"}
-TERMINAL = DONE_OK | {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-                      "DEADLINE", "REVOKED"}
+TERMINAL = DONE_OK | {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                      "BOOT_FAIL", "DEADLINE", "REVOKED"}
 _PENDING_ARRAY = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
 
 
@@ -69,8 +69,8 @@ def task_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
     for rec in records:
         for i, task in enumerate(rec["task_ids"]):
             if rec.get("cluster", "slurm") == "slurm":
-                row = found.get(task) or {"JobID": task, "JobName": f"inat-{rec['stage']}", "State": "SUBMITTED",
-                                          "Elapsed": "", "ExitCode": ""}
+                row = found.get(task) or {"JobID": task, "JobName": f"inat-{rec['stage']}",
+                                          "State": "SUBMITTED", "Elapsed": "", "ExitCode": ""}
             else:
                 states, errors = rec.get("states") or [], rec.get("errors") or []
                 row = {"JobID": task, "JobName": f"inat-{rec['stage']}",

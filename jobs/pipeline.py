@@ -44,16 +44,17 @@ def pipeline_dir(scratch: Path, pipeline_id: str) -> Path:
     return layout.pipelines_dir(scratch) / pipeline_id
 
 
-def stage_calls(sw: Sweep, agents: int, trials: int | None, top_k: int, seeds: int, epochs: int | None,
-                what: list[str]) -> dict[str, list]:
+def stage_calls(sw: Sweep, options: dict[str, Any]) -> dict[str, list]:
     """Every stage's (function, args) list; the same for Slurm and local runs."""
+    top_k, seeds = options["top_k"], options["seeds"]
     runs_root = layout.runs_dir(sw.scratch_root)
     runs = retrain_dirs(runs_root, sw.id, top_k, seeds)
     return {
-        "agent": [(AgentTask(), (sw.dir, i, trials)) for i in range(agents)],
-        "train": [(RetrainTask(), (sw.dir, runs_root, i, top_k, seeds, epochs)) for i in range(len(runs))],
+        "agent": [(AgentTask(), (sw.dir, i, options["trials_per_agent"])) for i in range(options["agents"])],
+        "train": [(RetrainTask(), (sw.dir, runs_root, i, top_k, seeds, options["epochs"]))
+                  for i in range(len(runs))],
         "test": [(evaluate_run, (run, None, None, True)) for run in runs],
-        "visualize": [(visualize_run, (run, what, None, 0, 200, True, True)) for run in runs]
+        "visualize": [(visualize_run, (run, options["what"], None, 0, 200, True, True)) for run in runs]
         + [(sweep_report, (sw.dir,))],
     }
 
@@ -72,8 +73,7 @@ def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any])
     record = new_record(sw, "slurm", options)
     path = pipeline_dir(sw.scratch_root, sw.id) / "pipeline.json"
     folders = layout.jobs_dir(sw.scratch_root) / sw.id
-    calls = stage_calls(sw, options["agents"], options["trials_per_agent"], options["top_k"], options["seeds"],
-                        options["epochs"], options["what"])
+    calls = stage_calls(sw, options)
     previous: Submitted | None = None
     try:
         for stage in STAGES:
@@ -89,15 +89,15 @@ def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any])
     return record
 
 
-def run_local(sw: Sweep, options: dict[str, Any], say: Callable[[str], None], quiet_stdout: bool) -> dict[str, Any]:
+def run_local(sw: Sweep, options: dict[str, Any], say: Callable[[str], None],
+              quiet_stdout: bool) -> dict[str, Any]:
     """Run the stages one after another on this machine; returns the record with every task's state."""
     from .cmd_sweep import _start_local_agents, _wait
 
     record = new_record(sw, "local", options)
     path = pipeline_dir(sw.scratch_root, sw.id) / "pipeline.json"
     write_json(path, record)
-    calls = stage_calls(sw, options["agents"], options["trials_per_agent"], options["top_k"], options["seeds"],
-                        options["epochs"], options["what"])
+    calls = stage_calls(sw, options)
     redirect = contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext()
     with redirect:
         say(f"agent: starting {options['agents']} local agent process(es); logs: {sw.agents_dir}/agent-*.log")
@@ -105,8 +105,9 @@ def run_local(sw: Sweep, options: dict[str, Any], say: Callable[[str], None], qu
         failed = set(_wait(procs, sw, say))
         states = ["FAILED" if any(f.startswith(f"agent-{i} ") for f in failed) else "COMPLETED"
                   for i in range(len(procs))]
+        errors = [None if s == "COMPLETED" else "see the agent log" for s in states]
         agent_rec = Submitted("agent", "local", [f"pid_{p.pid}" for p in procs], str(sw.agents_dir), "local",
-                              states=states, errors=[None if s == "COMPLETED" else "see the agent log" for s in states])
+                              states=states, errors=errors)
         record["stages"].append(agent_rec.record())
         write_json(path, record)
         for stage in STAGES[1:]:

@@ -101,7 +101,8 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
     return sub.task_ids
 
 
-def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path], profile: ClusterProfile) -> tuple[str, Submitted]:
+def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path],
+                 profile: ClusterProfile) -> tuple[str, Submitted]:
     """Submit test/visualize tasks for given runs as one array; recorded in SCRATCH/jobs/<id>/jobs.json.
 
     SCRATCH is the one the first run lives in (SCRATCH/runs/<run>), else the default scratch root.
@@ -125,7 +126,7 @@ def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_
     if cluster is None or resolve_cluster(cluster) == "local":
         return False
     profile = load_profile(profile_path, cluster_set or [])
-    group, sub = submit_group(stage, [make_call(Path(r)) for r in runs], runs, profile)
+    group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile)
     print(f"{stage}: submitted job {sub.job_id} ({len(sub.task_ids)} task(s)): {', '.join(sub.task_ids)}")
     print(f"watch:   inat-jobs status {group}")
     return True

@@ -121,7 +121,8 @@ class TrainTask(_Recorded):
     """Train `cfg` into `run_dir` (resuming it). `epoch_delay_s` sleeps at the start of every epoch:
     a knob for tests that need a job to outlive its time limit; leave it 0."""
 
-    def __call__(self, cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s: float = 0.0) -> dict:
+    def __call__(self, cfg: RunConfig, run_dir: Path, data_root: Path | None,
+                 epoch_delay_s: float = 0.0) -> dict:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         return self._run(run_dir / "attempts.json", _train, cfg, run_dir, data_root, epoch_delay_s)
@@ -147,14 +148,15 @@ class RetrainTask(_Recorded):
             if picked is None:
                 log.warning("sweep %s has fewer than %d finished trials: nothing to retrain for rank %d",
                             sweep.id, rank, rank)
-                return {"run_dir": str(run_dir), "status": "skipped", "reason": f"no finished trial of rank {rank}"}
+                return _skipped(run_dir, f"no finished trial of rank {rank}")
             trial, cfg, val_acc = picked
             write_origin(run_dir, sweep.id, trial, rank, seed, val_acc)
         run_dir.mkdir(parents=True, exist_ok=True)
         return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0)
 
 
-def pick_config(sweep_dir: Path, rank: int, seed: int, epochs: int | None) -> tuple[str, RunConfig, float] | None:
+def pick_config(sweep_dir: Path, rank: int, seed: int,
+                epochs: int | None) -> tuple[str, RunConfig, float] | None:
     """The sweep's rank-th best finished trial as (trial, retraining config, its sweep val_accuracy)."""
     from inat.sweep import best_configs
 
@@ -168,7 +170,8 @@ def pick_config(sweep_dir: Path, rank: int, seed: int, epochs: int | None) -> tu
     return trial, cfg.replace(**changes), val_acc
 
 
-def write_origin(run_dir: Path, sweep_id: str, trial: str, rank: int, seed: int, val_acc: float | None) -> None:
+def write_origin(run_dir: Path, sweep_id: str, trial: str, rank: int, seed: int,
+                 val_acc: float | None) -> None:
     write_json(run_dir / "retrain.json", {"sweep_id": sweep_id, "trial": trial, "rank": rank, "seed": seed,
                                           "sweep_val_accuracy": val_acc})
 
@@ -243,22 +246,31 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, batch_size: int |
              missing_ok: bool = False) -> dict:
     """`inat-jobs test` for one run. missing_ok: a pipeline run that retraining skipped is not an error."""
     if missing_ok and not Path(run_dir).exists():
-        return {"run_dir": str(run_dir), "status": "skipped", "reason": "no such run (fewer finished trials than K)"}
+        return _skipped(run_dir, NO_RUN)
     from inat.evaluate import evaluate
 
     metrics = evaluate(run_dir, data_root, batch_size)
-    return {"run_dir": str(run_dir), "status": "completed", "accuracy": metrics["accuracy"], "n": metrics["n"]}
+    return {"run_dir": str(run_dir), "status": "completed", "accuracy": metrics["accuracy"],
+            "n": metrics["n"]}
 
 
 def visualize_run(run_dir: Path, what: list[str], data_root: Path | None = None, seed: int = 0,
                   max_images: int = 200, pdf: bool = True, missing_ok: bool = False) -> dict:
     """`inat-jobs visualize` for one run: RUN/figures/."""
     if missing_ok and not Path(run_dir).exists():
-        return {"run_dir": str(run_dir), "status": "skipped", "reason": "no such run (fewer finished trials than K)"}
+        return _skipped(run_dir, NO_RUN)
     from inat.visualize import visualize
 
     paths = visualize(run_dir, what, data_root, seed=seed, max_images=max_images, pdf=pdf)
     return {"run_dir": str(run_dir), "status": "completed", "figures": [str(p) for p in paths]}
+
+
+NO_RUN = "no such run (fewer finished trials than K)"
+
+
+def _skipped(run_dir: Path, reason: str) -> dict:
+    """A task with nothing to do: it ends COMPLETED for Slurm and shows as SKIPPED in local records."""
+    return {"run_dir": str(run_dir), "status": "skipped", "reason": reason}
 
 
 def sweep_report(sweep_dir: Path) -> dict:
