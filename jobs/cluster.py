@@ -256,7 +256,8 @@ def slurm_parameters(profile: ClusterProfile, job_name: str, dependency: str | N
         params["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"
     setup = list(profile.setup)
     root = project_root()
-    if root is not None and profile.python is None:
+    in_container = bool(profile.python or os.environ.get("INAT_IMAGE"))
+    if root is not None and not in_container:  # a container brings its own installed copy
         setup.insert(0, f"export PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}")
     if setup:
         params["setup"] = setup

@@ -59,16 +59,17 @@ def resolve(scratch: Path, ident: str) -> Target:
     if not ident or "/" in ident or ident in (".", ".."):
         raise InatError(f"{ident!r}: expected a pipeline or sweep id (a folder name under {scratch})")
     pipe = layout.pipelines_dir(scratch) / ident / "pipeline.json"
+    sweep = layout.sweeps_dir(scratch) / ident
+    jobs = sweep / "jobs.json"  # agents of launch-sweep, arrays of retrain-best
+    sweep_records = read_json(jobs) if jobs.is_file() else []
+    retrained = sorted(layout.runs_dir(scratch).glob(f"{ident}-best*-seed*"))
     if pipe.is_file():
         rec = read_json(pipe)
-        return Target("pipeline", ident, rec["stages"], pipe, Path(rec["sweep_dir"]),
-                      [Path(r) for r in rec["runs"]], rec.get("options", {}).get("top_k", 1))
-    sweep = layout.sweeps_dir(scratch) / ident
+        runs = list(dict.fromkeys([Path(r) for r in rec["runs"]] + retrained))
+        return Target("pipeline", ident, rec["stages"] + sweep_records, pipe, Path(rec["sweep_dir"]), runs,
+                      rec.get("options", {}).get("top_k", 1))
     if (sweep / "sweep.json").is_file():
-        jobs = sweep / "jobs.json"
-        records = read_json(jobs) if jobs.is_file() else []
-        runs = sorted(layout.runs_dir(scratch).glob(f"{ident}-best*-seed*"))
-        return Target("sweep", ident, records, jobs, sweep, runs)
+        return Target("sweep", ident, sweep_records, jobs, sweep, retrained)
     group = layout.jobs_dir(scratch) / ident / "jobs.json"
     if group.is_file():
         records = read_json(group)

@@ -300,16 +300,18 @@ def test_local_pipeline_end_to_end(tmp_path, demo_data):
     sweep.write_text(TINY_SWEEP)
     scratch = tmp_path / "scratch"
     result = run_cli("pipeline", "--sweep", str(sweep), "--agents", "2", "--trials-per-agent", "1",
-                     "--data", str(demo_data), "--out", str(scratch), *TINY_SET, "--top-k", "2",
+                     "--data", str(demo_data), "--out", str(scratch), *TINY_SET, "--top-k", "3",
                      "--what", "grid,confusion", "--cluster", "local", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout)  # nothing but the JSON on stdout, training logs included
     assert out["cluster"] == "local" and set(out["job_ids"]) == {"agent", "train", "test", "visualize"}
     record = read_json(Path(out["out"]) / "pipeline.json")
     states = {s["stage"]: s["states"] for s in record["stages"]}
-    assert states == {"agent": ["COMPLETED"] * 2, "train": ["COMPLETED"] * 2, "test": ["COMPLETED"] * 2,
-                      "visualize": ["COMPLETED"] * 3}
-    for run in map(Path, out["runs"]):
+    # 2 trials for a top 3: the third retraining, its test and its figures have nothing to do
+    done2 = ["COMPLETED", "COMPLETED", "SKIPPED"]
+    assert states == {"agent": ["COMPLETED"] * 2, "train": done2, "test": done2, "visualize": done2 + ["COMPLETED"]}
+    assert not Path(out["runs"][2]).exists()
+    for run in map(Path, out["runs"][:2]):
         assert read_json(run / "test_metrics.json")["n"] == 60
         assert (run / "figures" / "confusion_matrix.png").is_file()
         assert read_json(run / "retrain.json")["sweep_id"] == out["sweep_id"]
@@ -323,6 +325,26 @@ def test_local_pipeline_end_to_end(tmp_path, demo_data):
     collected = run_cli("collect", out["sweep_id"], "--dest", str(tmp_path / "results"), "--out", str(scratch))
     assert collected.returncode == 0, collected.stderr
     got = tree_digest(tmp_path / "results" / out["sweep_id"])
-    assert {f"runs/{Path(r).name}/test_metrics.json" for r in out["runs"]} <= set(got)
+    assert {f"runs/{Path(r).name}/test_metrics.json" for r in out["runs"][:2]} <= set(got)
     assert not any("checkpoint/" in p for p in got)
     assert yaml.safe_load((tmp_path / "results" / out["sweep_id"] / "sweep" / "sweep.yaml").read_text())
+
+
+@pytest.mark.slow
+def test_a_restarted_agent_runs_only_the_trials_it_has_left(tmp_path, demo_data):
+    """What a requeue does to an agent task: the same call again, under the same agent id."""
+    from inat.config import parse_overrides
+    from inat.sweep import new_sweep
+    from inat.sweep_local import create_study
+    from jobs.tasks import AgentTask
+
+    (tmp_path / "s.yaml").write_text(TINY_SWEEP)
+    fixed = {**parse_overrides([v for v in TINY_SET if v != "--set"]), "epochs": 1}
+    sw, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", demo_data, fixed)
+    create_study(sw, spec)
+    assert len(AgentTask()(sw.dir, 0, 2)["trials"]) == 2
+    again = AgentTask()(sw.dir, 0, 2)
+    assert again["trials"] == [] and "count reached" in again["stop_reason"]
+    assert len(AgentTask()(sw.dir, 0, 3)["trials"]) == 1
+    attempts = read_json(sw.agents_dir / "agent-0.attempts.json")
+    assert [a["outcome"] for a in attempts] == ["completed"] * 3

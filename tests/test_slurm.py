@@ -97,12 +97,18 @@ def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
     assert (run / "figures" / "confusion_matrix.png").is_file() and (run / "figures" / "predictions.png").is_file()
     assert (scratch / "sweeps" / out["sweep_id"] / "trials.csv").is_file()
 
-    status = run_cli("status", out["sweep_id"], "--out", str(scratch), "--json")
-    assert {r["State"] for r in json.loads(status.stdout)["jobs"]} == {"COMPLETED"}
     dest = tmp_path / "results"
     assert run_cli("collect", out["sweep_id"], "--dest", str(dest), "--out", str(scratch)).returncode == 0
     got = dest / out["sweep_id"]
     assert (got / "runs" / run.name / "test_metrics.json").is_file() and not list(got.rglob("checkpoint"))
+
+    # retrain-best on the same sweep, a second seed: seed 0 is already done (its task just resumes)
+    more = run_cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--seeds", "2",
+                   "--cluster", "slurm", "--wait", env=ENV)
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert (scratch / "runs" / f"{out['sweep_id']}-best1-seed1" / "model.keras").is_file()
+    jobs = json.loads(run_cli("status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["jobs"]
+    assert [r["stage"] for r in jobs].count("train") == 3 and {r["State"] for r in jobs} == {"COMPLETED"}
 
     # what submitit wrote is what sbatch_text (and so the golden files) describe
     from jobs.cluster import load_profile, sbatch_text
