@@ -53,33 +53,6 @@ if [[ ${APPTAINER_REINSTALL:-0} != 1 ]] && installed; then
     exit 0
 fi
 
-# The host's Debian mirror: the first apt source for the host's own release.
-host_mirror() {
-    local codename
-    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-    [[ -n $codename ]] || return 1
-    {
-        # deb822 .sources files: stanzas separated by blank lines.
-        for f in /etc/apt/sources.list.d/*.sources; do
-            [[ -f $f ]] || continue
-            awk -v want="$codename" '
-                function flush() { if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " want " ") && uris != "" && enabled != "no") { split(uris, u, " "); print u[1] }
-                                   types = suites = uris = enabled = "" }
-                /^[ \t]*$/ { flush(); next }
-                tolower($1) == "types:"   { $1 = ""; types = $0 }
-                tolower($1) == "suites:"  { $1 = ""; suites = $0 }
-                tolower($1) == "uris:"    { $1 = ""; uris = $0 }
-                tolower($1) == "enabled:" { enabled = tolower($2) }
-                END { flush() }' "$f"
-        done
-        # one-line format: deb [options] URI SUITE COMPONENTS...
-        for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-            [[ -f $f ]] || continue
-            sed -E 's/\[[^]]*\]//' "$f" | awk -v want="$codename" '$1 == "deb" && $3 == want { print $2 }'
-        done
-    } | sed 's|/*$||' | head -n 1
-}
-
 umount_below() { # unmount whatever an interrupted debootstrap left mounted below $1
     local dir=$1 m
     awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo | sort -r |
@@ -93,7 +66,7 @@ if [[ ${APPTAINER_REINSTALL:-0} == 1 || ! -x $root/usr/bin/apptainer ]]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
     fi
-    mirror=${APPTAINER_SID_MIRROR:-$(host_mirror || true)}
+    mirror=${APPTAINER_SID_MIRROR:-$("$here/../debian-mirror.sh" || true)}
     [[ -n $mirror ]] || die "found no Debian mirror in /etc/apt; set APPTAINER_SID_MIRROR"
     partial=$root.partial
     umount_below "$partial"
