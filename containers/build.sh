@@ -64,7 +64,12 @@ read -r -a build_flags <<<"${INAT_BUILD_FLAGS---fakeroot}"
 
 # ---- the build context: the project files that belong in the image ----
 work=$(mktemp -d "${TMPDIR:-/tmp}/inat-build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+build_pid= partial=
+trap 'rm -rf --one-file-system "$work"; [[ -z $partial ]] || rm -f "$partial"' EXIT
+# apptainer's build directory goes below $work too, so an interrupted build leaves nothing.
+[[ -n ${APPTAINER_TMPDIR:-} ]] || { export APPTAINER_TMPDIR=$work/tmp; mkdir -p "$APPTAINER_TMPDIR"; }
+# Stopped (CI cancel, timeout): stop the build too, so that no half-built image is left.
+trap '[[ -z $build_pid ]] || kill -TERM "$build_pid" 2>/dev/null; wait; exit 143' INT TERM
 ctx=$work/inat-jobs
 mkdir -p "$ctx"
 members=(pyproject.toml README.md LICENSE inat jobs containers)
@@ -125,9 +130,12 @@ else
     t1=${EPOCHREALTIME/,/.}
     partial=$image.partial
     rm -f "$partial"
-    "$apptainer" build "${build_flags[@]}" --notest --force "${args[@]}" "$partial" "$def" >&2 ||
-        { rm -f "$partial"; die "apptainer build failed after $(since "$t1") s"; }
+    "$apptainer" build "${build_flags[@]}" --notest --force "${args[@]}" "$partial" "$def" >&2 &
+    build_pid=$!
+    wait "$build_pid" || die "apptainer build failed after $(since "$t1") s"
+    build_pid=
     mv -f "$partial" "$image"
+    partial=
     rm -f "$image.tested"
     log "built in $(since "$t1") s"
 fi
