@@ -97,13 +97,16 @@ class _Recorded(Checkpointable):
     _attempts: Path | None = None
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
-        if self._attempts is not None:
+        # In a container the signal can come twice (srun and apptainer both forward it): log once.
+        if self._attempts is not None and not getattr(self, "_signalled", False):
+            self._signalled = True
             record_attempt(self._attempts, "signalled (time-out or preemption): requeued")
-        log.warning("time-out or preemption signal: requeueing; the run resumes at its last finished epoch")
+            log.warning("time-out or preemption signal: requeueing; the run resumes at its last "
+                        "finished epoch")
         return super().checkpoint(*args, **kwargs)
 
     def _run(self, attempts: Path, fn, *args, **kwargs):
-        self._attempts = attempts
+        self._attempts, self._signalled = attempts, False
         record_attempt(attempts)
         try:
             result = fn(*args, **kwargs)
