@@ -13,6 +13,9 @@ from typing import Any, Iterator
 
 from .errors import InatError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -29,6 +32,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise InatError(f"cannot write {path}: {_reason(exc)}") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; results on shared scratch must be readable by the group as the
+    # user's umask allows, like any other file they write.
+    os.chmod(tmp_path, 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -26,6 +26,7 @@ RUN_FILES = {
     "test_metrics.json": "written by `inat-jobs test`",
     "predictions.csv": "written by `inat-jobs test`: one row per test image",
     "figures/": "written by `inat-jobs visualize`",
+    "report.html": "written by `inat-jobs report`: one self-contained page",
     "wandb/": "W&B run files (offline runs: upload with `wandb sync`)",
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,13 @@ def start(
     job_type: str = "train",
     tags: list[str] | None = None,
 ) -> Tracker:
+    active = getattr(sys.modules.get("wandb"), "run", None)
+    if active is not None:
+        # A sweep agent (W&B's, or ours pre-naming the run) already started this run: log into it.
+        active.config.update(config, allow_val_change=True)
+        active.define_metric("epoch")
+        active.define_metric("*", step_metric="epoch")
+        return Tracker(active)
     mode = wandb_mode()
     if mode == "disabled":
         return Tracker(None)

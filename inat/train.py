@@ -76,6 +76,7 @@ def train(
 
 
 def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache):
+    _remove_stale_temps(run_dir)
     state = _read_state(run_dir)
     _check_same_config(cfg, run_dir, resuming=state is not None)
     splits = _prepare_splits(cfg, run_dir, data_root)
@@ -232,6 +233,14 @@ def _check_same_config(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
         )
 
 
+def _remove_stale_temps(run_dir: Path) -> None:
+    # A kill -9 during a save leaves its temp file behind; we hold the run's lock, so no live
+    # writer owns any of them.
+    for pattern in (".*.tmp.keras", ".*.tmp"):
+        for path in [*run_dir.glob(pattern), *(run_dir / "checkpoint").glob(pattern)]:
+            path.unlink(missing_ok=True)
+
+
 def _read_state(run_dir: Path) -> dict | None:
     path = run_dir / "checkpoint" / "state.json"
     if not path.exists():
@@ -264,8 +273,10 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
 def _write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_done: int, **extra) -> None:
     import tensorflow as tf
 
+    previous = _previous_info(run_dir)
     info = {
         "run_id": run_dir.name,
+        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "status": status,
         "epochs_done": epochs_done,
         "epochs": cfg.epochs,
@@ -280,6 +291,13 @@ def _write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_d
         **extra,
     }
     write_json(run_dir / "run.json", info)
+
+
+def _previous_info(run_dir: Path) -> dict:
+    try:
+        return read_json(run_dir / "run.json")
+    except InatError:
+        return {}
 
 
 def _finish(run_dir, cfg, splits, state, status) -> TrainResult:

@@ -1,0 +1,108 @@
+"""Does hyperband pay off? The same small sweep with and without it, on a cheap real objective.
+
+A tiny CNN on the flowers5 photos (shared/data/flowers5 beside the repository) at 32 px; the same
+sampler seed and trial count in both arms, run through the real local backend (Optuna + train()).
+With fewer trials than TPE's 10 random start-up trials, both arms try the same configs, so the
+difference is the pruning alone. Prints one JSON object: epochs spent and best val_accuracy of each
+arm, and their ratios. The goal is the best within 1 point at <= 50 % of the epochs.
+
+    python benchmarks/hyperband.py [--trials 8] [--epochs 6] [--seed 0] [--data DIR] [--out DIR]
+
+Not a test: minutes of CPU. Accuracy is that of finished trials (what the sweep would pick). Optuna
+assigns trials to hyperband brackets by hashing the study name (the sweep id, new each launch), so
+two launches can prune differently even with the same seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+SPACE = """\
+method: bayes
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  learning_rate: {values: [0.01, 0.003, 0.001, 0.0003]}
+  dropout: {values: [0.0, 0.3]}
+  num_dense: {values: [16, 64]}
+  kernel_size: {values: [[3, 3, 3, 3, 3], [5, 5, 3, 3, 3]]}
+  activation: {values: [relu, elu]}
+"""
+HYPERBAND = "early_terminate: {type: hyperband, min_iter: 1, eta: 3, s: 2}\n"
+
+
+def run_arm(name: str, spec_text: str, args, scratch: Path) -> dict:
+    from inat.sweep import new_sweep, read_trial
+    from inat.sweep_local import create_study, run_agent
+
+    spec_path = scratch / f"{name}.yaml"
+    spec_path.write_text(spec_text)
+    fixed = {"epochs": args.epochs, "image_size": args.image_size, "filt_org": [8, 16, 16, 32, 32],
+             "batch_size": 32, "val_fraction": 0.2, "seed": 0}
+    sweep, spec = new_sweep(scratch, spec_path, "local", args.data, fixed, seed=args.seed)
+    create_study(sweep, spec)
+    start = time.perf_counter()
+    run_agent(sweep, "bench", count=args.trials)
+    seconds = time.perf_counter() - start
+    rows = [read_trial(d) for d in sorted(sweep.trials_dir.iterdir()) if d.is_dir()]
+    finished = [r for r in rows if r["state"] == "finished" and r["best_val_accuracy"] is not None]
+    best = max(finished, key=lambda r: r["best_val_accuracy"], default=None)
+    return {
+        "sweep_dir": str(sweep.dir),
+        "trials": len(rows),
+        "finished": len(finished),
+        "pruned": sum(r["state"] == "pruned" for r in rows),
+        "epochs_spent": sum(r["epochs_done"] for r in rows),
+        "epochs_per_trial": [r["epochs_done"] for r in rows],
+        "best_val_accuracy": best["best_val_accuracy"] if best else None,
+        "best_trial": best["trial"] if best else None,
+        "seconds": round(seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "flowers5")
+    parser.add_argument("--out", type=Path, default=None, help="scratch root (default: a temporary directory)")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"hyperband.py: data not found: {args.data} (pass --data)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    scratch = args.out or Path(tempfile.mkdtemp(prefix="hyperband-bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    without = run_arm("without", SPACE, args, scratch)
+    with_hb = run_arm("with", SPACE + HYPERBAND, args, scratch)
+    base, pruned = without["best_val_accuracy"], with_hb["best_val_accuracy"]
+    epoch_ratio = with_hb["epochs_spent"] / without["epochs_spent"]
+    diff = None if base is None or pruned is None else round(100 * (pruned - base), 2)
+    print(json.dumps({
+        "setup": {"trials": args.trials, "epochs": args.epochs, "seed": args.seed, "image_size": args.image_size,
+                  "data": str(args.data), "hyperband": HYPERBAND.strip()},
+        "without_hyperband": without,
+        "with_hyperband": with_hb,
+        "epoch_ratio": round(epoch_ratio, 3),
+        "time_ratio": round(with_hb["seconds"] / without["seconds"], 3),
+        "best_accuracy_ratio": None if diff is None or not base else round(pruned / base, 3),
+        "best_difference_points": diff,
+        "goal_met": diff is not None and diff >= -1.0 and epoch_ratio <= 0.5,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""A sweep on scratch storage, whatever its backend: where it lives, what it fixed, what its trials did.
+
+    SCRATCH/sweeps/<sweep_id>/
+      sweep.yaml            the sweep file as given (W&B format)
+      sweep.json            id, backend, data root, --set values, storage, seed, created
+      optuna.journal        the local backend's study (unless --storage names a database)
+      trials/<trial>/       one ordinary run directory per trial (see inat.layout.RUN_FILES)
+      agents/<agent>.json   which trial each agent is on, so a requeued agent resumes it
+      agents/<agent>.log    agent output when started with --cluster local
+      best_config.yaml      written by `inat-jobs sweep-status`
+
+Trial results are read from the run directories (config.yaml, run.json, history.csv), which both
+backends write, so the best configs are available without the W&B server or the Optuna storage.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import layout
+from .config import RunConfig
+from .errors import ConfigError, InatError
+from .fsutil import read_json, write_json
+from .sweep_spec import SweepSpec, load_spec
+
+BACKENDS = ("local", "wandb")
+# run.json status -> the state sweep-status shows
+STATES = {"completed": "finished", "pruned": "pruned", "stopped": "pruned", "failed": "failed",
+          "running": "running"}
+
+
+@dataclass
+class Sweep:
+    id: str
+    dir: Path
+    backend: str
+    data_root: str
+    fixed: dict[str, Any] = field(default_factory=dict)  # the --set values every trial shares
+    storage: str | None = None  # an Optuna RDB URL; None = the journal file in dir
+    seed: int = 0
+    created: str = ""
+    wandb_sweep: str | None = None  # entity/project/sweep_id on the W&B server
+
+    @property
+    def spec_path(self) -> Path:
+        return self.dir / "sweep.yaml"
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.dir / "trials"
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.dir / "agents"
+
+    @property
+    def scratch_root(self) -> Path:
+        return self.dir.parent.parent
+
+    def spec(self) -> SweepSpec:
+        return load_spec(self.spec_path, self.fixed)
+
+    def trial_config(self, spec: SweepSpec, params: dict[str, Any], name: str) -> RunConfig:
+        return RunConfig.from_dict({**self.fixed, **spec.constants, **params}, f"sweep {self.id} trial {name}")
+
+    def save(self) -> None:
+        data = asdict(self)
+        data["dir"] = str(self.dir)
+        write_json(self.dir / "sweep.json", data)
+
+
+def new_sweep(scratch: Path, spec_path: str | Path, backend: str, data_root: str | Path,
+              fixed: dict[str, Any], storage: str | None = None, seed: int = 0) -> tuple[Sweep, SweepSpec]:
+    """Validate everything, then create SCRATCH/sweeps/<id>/ with sweep.yaml and sweep.json."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is invalid; allowed: {', '.join(BACKENDS)}")
+    spec = load_spec(spec_path, fixed)
+    spec.check_overrides(fixed)
+    if not Path(data_root).is_dir():
+        raise InatError(f"--data {data_root}: directory not found")
+    sweep_id = layout.new_id()
+    root = layout.sweeps_dir(scratch) / sweep_id
+    try:
+        root.mkdir(parents=True)
+    except OSError as exc:
+        raise InatError(f"cannot create {root}: {exc.strerror or exc}") from None
+    shutil.copyfile(spec_path, root / "sweep.yaml")
+    sweep = Sweep(sweep_id, root, backend, str(Path(data_root).resolve()), dict(fixed), storage, seed,
+                  time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    sweep.save()
+    return sweep, spec
+
+
+def load_sweep(scratch_root: str | os.PathLike, sweep_id: str) -> Sweep:
+    where = layout.sweeps_dir(Path(scratch_root))
+    path = where / sweep_id / "sweep.json"
+    if not sweep_id or "/" in sweep_id or not path.is_file():
+        known = sorted(p.parent.name for p in where.glob("*/sweep.json"))[-5:]
+        hint = f" (latest there: {', '.join(known)})" if known else ""
+        raise InatError(f"sweep {sweep_id!r} not found: looked for {path}{hint}; "
+                        "pass --out (or set $INAT_SCRATCH) to the scratch root it was launched with")
+    data = read_json(path)
+    data["dir"] = path.parent
+    return Sweep(**{k: v for k, v in data.items() if k in Sweep.__dataclass_fields__})
+
+
+# ---- trial results from run directories -----------------------------------------------------------
+
+
+def trial_name(number: int) -> str:
+    """Local-backend trial directories: trials/0000, trials/0001, ... (W&B trials use the run id)."""
+    return f"{number:04d}"
+
+
+def read_trial(run_dir: Path, metric: str = "val_accuracy", maximize: bool = True) -> dict[str, Any]:
+    """What one trial's run directory says: status, epochs done, best metric, config."""
+    info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
+    history = history_rows(run_dir / "history.csv")
+    values = [r[metric] for r in history if not math.isnan(r.get(metric, math.nan))]
+    best = (max(values) if maximize else min(values)) if values else None
+    val_acc = [r["val_accuracy"] for r in history if not math.isnan(r.get("val_accuracy", math.nan))]
+    return {
+        "trial": run_dir.name,
+        "state": STATES.get(info.get("status", "running"), info.get("status", "running")),
+        "epochs_done": len(history),
+        "best_metric": best,
+        "best_val_accuracy": max(val_acc) if val_acc else None,
+        "config_path": run_dir / "config.yaml",
+    }
+
+
+def best_configs(sweep_dir: str | os.PathLike, top_k: int = 1) -> list[tuple[str, RunConfig, float]]:
+    """The `top_k` finished trials by the sweep's metric: [(trial name, RunConfig, best val_accuracy)].
+
+    Only trials that trained all their epochs count: pruned ones stopped early because they were
+    behind, and failed or still-running ones have no final result.
+    """
+    sweep_dir = Path(sweep_dir)
+    spec = load_spec(sweep_dir / "sweep.yaml")
+    rows = [read_trial(d, spec.metric, spec.maximize) for d in _trial_dirs(sweep_dir / "trials")]
+    done = [r for r in rows if r["state"] == "finished" and r["best_metric"] is not None
+            and r["config_path"].is_file()]
+    done.sort(key=lambda r: r["best_metric"], reverse=spec.maximize)
+    return [(r["trial"], RunConfig.load(r["config_path"]), r["best_val_accuracy"]) for r in done[:top_k]]
+
+
+def mark_run(run_dir: Path, status: str, **extra: Any) -> None:
+    """Record the sweep's verdict in the trial's run.json (train() only knows completed/stopped/failed)."""
+    path = run_dir / "run.json"
+    info = read_json(path) if path.is_file() else {"run_id": run_dir.name}
+    info.update(status=status, **extra)
+    write_json(path, info)
+
+
+def history_rows(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in rows]
+
+
+def _trial_dirs(trials: Path) -> list[Path]:
+    return sorted(d for d in trials.iterdir() if d.is_dir()) if trials.is_dir() else []

@@ -1,0 +1,298 @@
+"""The air-gapped sweep backend: an Optuna study on shared scratch storage, driven by N agents.
+
+Storage: by default a JournalStorage file, SCRATCH/sweeps/<id>/optuna.journal, with Optuna's
+JournalFileOpenLock (an O_EXCL lock file: atomic on NFSv3+, Lustre, GPFS and BeeGFS, and no symlinks,
+which some mounts forbid). `--storage URL` uses an Optuna RDB (PostgreSQL/MySQL) instead.
+
+Each agent is an ask/tell loop around train(): a Keras callback reports the sweep metric per epoch
+(step = epoch number) and stops training when the pruner says so. Dead agents and requeued ones are
+handled in `inat.sweep_liveness`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig
+from .errors import InatError
+from .fsutil import write_json
+from .sweep import Sweep, history_rows, mark_run, read_trial, trial_name
+from .sweep_liveness import (
+    HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, set_attr, tell, trial_states,
+)
+from .sweep_optuna import decode, make_pruner, make_sampler, optuna_space
+from .sweep_spec import SweepSpec
+
+log = logging.getLogger("inat")
+MAX_CONSECUTIVE_FAILURES = 3
+STATE_NAMES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+               "WAITING": "waiting"}
+
+
+# ---- storage and study ------------------------------------------------------------------------------
+
+
+def storage_for(sweep: Sweep):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if sweep.storage:
+        return optuna.storages.RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True})
+    path = str(sweep.dir / "optuna.journal")
+    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+
+
+def create_study(sweep: Sweep, spec: SweepSpec) -> None:
+    import optuna
+
+    optuna_space(spec)  # raise now, not in every agent, for forms Optuna cannot express
+    make_sampler(spec, sweep.seed)
+    try:
+        optuna.create_study(study_name=sweep.id, storage=storage_for(sweep),
+                            direction="maximize" if spec.maximize else "minimize")
+    except ImportError as exc:
+        raise InatError(f"--storage {sweep.storage}: missing database driver ({exc})") from None
+    except Exception as exc:
+        if sweep.storage:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InatError(f"--storage {sweep.storage}: cannot create the study ({first})") from None
+        raise
+
+
+def open_study(sweep: Sweep, spec: SweepSpec, agent_id: str = ""):
+    import optuna
+
+    epochs = sweep_epochs(sweep, spec)
+    return optuna.load_study(study_name=sweep.id, storage=storage_for(sweep),
+                             sampler=make_sampler(spec, sweep.seed, agent_id), pruner=make_pruner(spec, epochs))
+
+
+def sweep_epochs(sweep: Sweep, spec: SweepSpec) -> int:
+    p = spec.params.get("epochs")
+    if p is not None and p.distribution != "constant":
+        return int(p.max if p.max is not None else max(int(v) for v in p.values))
+    return RunConfig.from_dict({**sweep.fixed, **spec.constants}).epochs
+
+
+# ---- the agent ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialRun:
+    """What a trial function gets: the trial's config and directory, and `report(epoch, value)`,
+    which records the metric and returns True when the pruner says stop."""
+
+    sweep: Sweep
+    spec: SweepSpec
+    number: int
+    name: str
+    run_dir: Path
+    config: RunConfig
+    report: Callable[[int, float], bool]
+
+
+@dataclass
+class Outcome:
+    value: float | None  # the trial's best metric
+    epochs: int
+    pruned: bool
+
+
+TrialFn = Callable[[TrialRun], Outcome]
+
+
+def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after: float = STALE_AFTER_S,
+              trial_fn: TrialFn | None = None, heartbeat_s: float = HEARTBEAT_S) -> dict[str, Any]:
+    """Run up to `count` trials (None: until run_cap, the target or the grid ends the sweep)."""
+    from optuna.samplers import GridSampler
+
+    spec = sweep.spec()
+    study = open_study(sweep, spec, agent_id)
+    space = optuna_space(spec)
+    state_path = sweep.agents_dir / f"{agent_id}.json"
+    own = own_unfinished(study, state_path)
+    recover_stale(study, sweep, stale_after, keep=own.number if own else None)
+    ran, failures, stop_reason = [], 0, "count reached"
+    while count is None or len(ran) < count:
+        if own is not None:
+            trial, resumed, own = own, True, None
+            log.info("%s: resuming trial %s", agent_id, trial_name(trial.number))
+        else:
+            reason = _sweep_done(study, spec)
+            if reason:
+                stop_reason = reason
+                break
+            trial, resumed = study.ask(space), False
+            if spec.run_cap and trial.number >= spec.run_cap:
+                # Numbers are handed out atomically by the storage, so this makes run_cap exact.
+                set_attr(study, trial._trial_id, "error", "discarded: run_cap reached")
+                tell(study, trial.number, state=trial_states().FAIL)
+                stop_reason = f"run_cap {spec.run_cap} reached"
+                break
+        state = _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed,
+                           trial_fn or train_trial, heartbeat_s)
+        ran.append(trial.number)
+        failures = failures + 1 if state == "failed" else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise InatError(f"agent {agent_id}: {failures} trials in a row failed; see the errors above "
+                            f"and trials/*/run.json in {sweep.dir}")
+        if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
+            stop_reason = "grid exhausted"
+            break
+    log.info("%s: done after %d trial(s): %s", agent_id, len(ran), stop_reason)
+    return {"agent_id": agent_id, "trials": ran, "stop_reason": stop_reason}
+
+
+def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_fn, heartbeat_s) -> str:
+    from optuna.pruners import NopPruner
+
+    TrialState = trial_states()
+    name = trial_name(trial.number)
+    run_dir = sweep.trials_dir / name
+    write_json(state_path, {"agent_id": agent_id, "trial": trial.number, "trial_id": trial._trial_id,
+                            "host": platform.node(), "pid": os.getpid(),
+                            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    with Heartbeat(run_dir / "heartbeat", heartbeat_s):
+        set_attr(study, trial._trial_id, "agent", agent_id)
+        params = decode(spec, trial.params)
+        pruning = not isinstance(study.pruner, NopPruner)
+        flags = {"lost": False}
+        reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+
+        def report(step: int, value: float) -> bool:
+            try:
+                if step not in reported:  # a resumed trial may replay epochs the study already has
+                    trial.report(value, step)
+                    reported.add(step)
+                return pruning and trial.should_prune()
+            except Exception as exc:  # finished meanwhile: another agent declared it dead
+                log.warning("trial %s: cannot report (%s); stopping it", name, exc)
+                flags["lost"] = True
+                return True
+
+        try:
+            cfg = sweep.trial_config(spec, params, name)
+            if resumed:  # epochs finished before the kill may not have reached the study
+                for row_epoch, value in _history_metric(run_dir, spec.metric):
+                    if row_epoch not in reported:
+                        trial.report(value, row_epoch)
+                        reported.add(row_epoch)
+            log.info("%s: trial %s %s: %s", agent_id, name, "resumed" if resumed else "started", params)
+            outcome = trial_fn(TrialRun(sweep, spec, trial.number, name, run_dir, cfg, report))
+        except Exception as exc:
+            message = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.error("%s: trial %s failed: %s", agent_id, name, message, exc_info=not isinstance(exc, InatError))
+            set_attr(study, trial._trial_id, "error", message)
+            tell(study, trial.number, state=TrialState.FAIL)
+            mark_run(run_dir, "failed", error=message)
+            result = "failed"
+        else:
+            if flags["lost"]:  # the study already holds it as FAIL; keep run.json saying so
+                mark_run(run_dir, "failed", error="declared dead by another agent (heartbeat too old)")
+                result = "failed"
+            elif outcome.pruned:
+                tell(study, trial.number, state=TrialState.PRUNED)
+                mark_run(run_dir, "pruned", pruned_at_epoch=outcome.epochs)
+                result = "pruned"
+            elif outcome.value is None:
+                tell(study, trial.number, state=TrialState.FAIL)
+                result = "failed"
+            else:
+                tell(study, trial.number, outcome.value)
+                result = "finished"
+            log.info("%s: trial %s %s after %d epoch(s), best %s %s", agent_id, name, result,
+                     outcome.epochs, spec.metric, outcome.value)
+    write_json(state_path, {"agent_id": agent_id, "trial": None, "last_trial": trial.number,
+                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return result
+
+
+def train_trial(tr: TrialRun) -> Outcome:
+    """The real trial: train() into the trial's run directory, reporting each epoch to the pruner."""
+    import sys
+
+    import keras
+
+    from . import tracking
+    from .train import train
+
+    class Pruning(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(tr.spec.metric)
+            if value is not None and tr.report(epoch + 1, float(value)):
+                self.model.stop_training = True
+
+    tr.run_dir.mkdir(parents=True, exist_ok=True)
+    # Name the W&B run per sweep (train() would name it after the directory, "0003", which repeats
+    # in every sweep); train() then logs into this run. Offline unless WANDB_MODE says otherwise.
+    run_id = f"{tr.sweep.id}-{tr.name}"
+    tracking.start(tr.run_dir, tr.config.to_dict(), name=run_id, run_id=run_id, group=tr.sweep.id,
+                   job_type="sweep")
+    try:
+        result = train(tr.config, tr.run_dir, tr.sweep.data_root, callbacks=[Pruning()],
+                       wandb_group=tr.sweep.id, wandb_job_type="sweep", verbose=0)
+    finally:
+        run = getattr(sys.modules.get("wandb"), "run", None)
+        if run is not None:  # train() failed before it took the run over
+            run.finish(exit_code=1)
+    info = read_trial(tr.run_dir, tr.spec.metric, tr.spec.maximize)
+    pruned = result.status == "stopped" and result.epochs_done < tr.config.epochs
+    return Outcome(info["best_metric"], result.epochs_done, pruned)
+
+
+# ---- status -------------------------------------------------------------------------------------------
+
+
+def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S) -> list[dict[str, Any]]:
+    study = open_study(sweep, spec)
+    recover_stale(study, sweep, stale_after)
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        info = read_trial(sweep.trials_dir / trial_name(t.number), spec.metric, spec.maximize)
+        rows.append({
+            "trial": trial_name(t.number), "number": t.number, "state": STATE_NAMES.get(t.state.name, t.state.name),
+            "epochs_done": max(info["epochs_done"], t.last_step or 0),
+            "best_val_accuracy": info["best_val_accuracy"] if info["best_val_accuracy"] is not None
+            else _best_reported(t, spec),
+            "value": t.value, "params": decode(spec, t.params), "agent": t.user_attrs.get("agent"),
+            "error": t.user_attrs.get("error"),
+        })
+    return rows
+
+
+# ---- helpers -------------------------------------------------------------------------------------------
+
+
+def _sweep_done(study, spec: SweepSpec) -> str | None:
+    from optuna.samplers import GridSampler
+
+    trials = study.get_trials(deepcopy=False)
+    if spec.run_cap and len(trials) >= spec.run_cap:
+        return f"run_cap {spec.run_cap} reached"
+    if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
+        return "grid exhausted"
+    if spec.target is not None:
+        done = [t.value for t in trials if t.state == trial_states().COMPLETE and t.value is not None]
+        if any((v >= spec.target) if spec.maximize else (v <= spec.target) for v in done):
+            return f"metric target {spec.target} reached"
+    return None
+
+
+def _history_metric(run_dir: Path, metric: str) -> list[tuple[int, float]]:
+    rows = history_rows(run_dir / "history.csv")
+    return [(int(r["epoch"]), r[metric]) for r in rows if r.get(metric) == r.get(metric)]  # skips NaN
+
+
+
+
+def _best_reported(t, spec: SweepSpec) -> float | None:
+    values = list(t.intermediate_values.values()) if spec.metric == "val_accuracy" else []
+    return max(values) if values else None

@@ -1,0 +1,100 @@
+"""Figure and report commands: visualize, sweep-report, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from inat import layout
+from inat.errors import InatError
+
+from .cli import app
+from .cluster import ClusterSetOpt, ProfileOpt, RunsClusterOpt
+from .cmd_run import OutOpt
+
+
+@app.command()
+def visualize(
+    run: List[Path] = typer.Option(
+        ..., "--run", "-r", help="Run directory (SCRATCH/runs/RUN_ID) with a trained model.keras. Repeatable."
+    ),
+    what: str = typer.Option(
+        "grid,filters,guided,confusion", "--what", "-w",
+        help="Comma-separated figures: grid (test predictions), filters (first conv layer: filters "
+             "and feature maps), guided (guided backprop of 10 conv5 neurons), confusion (test "
+             "confusion matrix).",
+    ),
+    data: Optional[Path] = typer.Option(
+        None, "--data", "-d", help="Dataset root, if it moved since training."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for the test images shown and the neurons picked."),
+    max_images: int = typer.Option(
+        200, "--max-images", help="Test images searched for where each conv5 neuron fires most."
+    ),
+    pdf: bool = typer.Option(True, "--pdf/--no-pdf", help="Also write a PDF beside each PNG."),
+    cluster: Optional[str] = RunsClusterOpt,
+    profile: Optional[Path] = ProfileOpt,
+    cluster_set: Optional[List[str]] = ClusterSetOpt,
+) -> None:
+    """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here."""
+    from inat.visualize import parse_what
+    from inat.visualize import visualize as make_figures
+
+    names = parse_what(what)  # a typo fails before the model loads
+    if max_images < 1:
+        raise InatError(f"--max-images {max_images}: must be at least 1")
+    from .submit import maybe_submit
+    from .tasks import visualize_run
+
+    args = (names, data and data.resolve(), seed, max_images, pdf)
+    if maybe_submit("visualize", run, cluster, profile, cluster_set, lambda r: (visualize_run, (r, *args))):
+        return
+    for one in run:
+        for path in make_figures(one, names, data, seed=seed, max_images=max_images, pdf=pdf):
+            typer.echo(f"wrote {path}")
+
+
+@app.command("sweep-report")
+def sweep_report(
+    sweep_id: str = typer.Argument(
+        ..., help="Sweep id (a folder under SCRATCH/sweeps/), or the sweep folder itself."
+    ),
+    out: Optional[Path] = OutOpt,
+    pdf: bool = typer.Option(False, "--pdf/--no-pdf", help="Also write a PDF beside each PNG."),
+) -> None:
+    """Write SWEEP/trials.csv and SWEEP/figures/: val accuracy over time, parallel coordinates, importance.
+
+    Reads only the trial run directories, so it works offline, for either backend, mid-sweep.
+    """
+    from inat.sweep_report import sweep_report as make_report
+
+    for path in make_report(sweep_dir(sweep_id, out), pdf=pdf):
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def report(
+    path: Path = typer.Argument(..., help="A run directory or a sweep directory."),
+) -> None:
+    """Write one self-contained PATH/report.html: metrics, config, history, figures (images embedded)."""
+    from inat.report import write_report
+
+    typer.echo(f"wrote {write_report(path)}")
+
+
+def sweep_dir(sweep_id: str, out: Optional[Path]) -> Path:
+    given = Path(sweep_id).expanduser()
+    if ("/" in sweep_id or sweep_id in (".", "..")) and (given / "trials").is_dir():
+        return given.resolve()
+    where = layout.sweeps_dir(layout.scratch_root(out))
+    path = where / sweep_id
+    if "/" in sweep_id or not sweep_id or not path.is_dir():
+        known = sorted(p.name for p in where.glob("*") if p.is_dir())[-5:] if where.is_dir() else []
+        hint = f" (latest there: {', '.join(known)})" if known else ""
+        raise InatError(
+            f"sweep {sweep_id!r} not found: no {path}{hint}; pass --out (or set $INAT_SCRATCH) "
+            "to the scratch root it ran under"
+        )
+    return path

@@ -1,0 +1,274 @@
+"""Sweep commands: launch-sweep, agent, sweep-status. The work is in inat.sweep*; this is the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+import yaml
+
+from inat import layout
+from inat.config import parse_overrides
+from inat.errors import ConfigError, InatError
+from inat.sweep import BACKENDS, Sweep, best_configs, load_sweep, new_sweep, read_trial
+from inat.sweep_optuna import optuna_space
+from inat.sweep_spec import load_spec
+
+from .cli import app
+from .cluster import ClusterOpt, ClusterSetOpt, ProfileOpt, load_profile, resolve_cluster
+from .cmd_run import DataOpt, OutOpt, SetOpt
+
+StaleOpt = typer.Option(
+    600.0, "--stale-after",
+    help="Seconds without a heartbeat after which a running trial counts as dead (local backend).",
+)
+
+
+@app.command("launch-sweep")
+def launch_sweep(
+    sweep: Path = typer.Option(
+        ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_partA.yaml."
+    ),
+    agents: int = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start."),
+    trials_per_agent: Optional[int] = typer.Option(
+        None, "--trials-per-agent", "-m",
+        help="Trials each agent runs (default: until run_cap / the grid ends the sweep).",
+    ),
+    backend: str = typer.Option(
+        "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server."
+    ),
+    cluster: Optional[str] = ClusterOpt,
+    profile_path: Optional[Path] = ProfileOpt,
+    cluster_set: Optional[List[str]] = ClusterSetOpt,
+    data: Path = DataOpt,
+    out: Optional[Path] = OutOpt,
+    set_: Optional[List[str]] = SetOpt,
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Optuna RDB URL (e.g. postgresql://...) instead of the journal file (local backend)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it)."),
+    wait: bool = typer.Option(False, "--wait", help="Block until the agents finish; non-zero exit if one failed."),
+    json_: bool = typer.Option(
+        False, "--json", help="Print one JSON object {sweep_id, job_ids, out} and nothing else."
+    ),
+) -> None:
+    """Create a sweep under SCRATCH/sweeps/ID/ and start N agents on it."""
+    if wait and cluster not in (None, "local"):
+        raise ConfigError("--wait works with --cluster local; for Slurm watch `inat-jobs sweep-status ID`")
+    cluster = resolve_cluster("local" if wait else cluster)
+    profile = load_profile(profile_path, cluster_set or [])
+    sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)
+    say = (lambda *_: None) if json_ else typer.echo
+    say(f"sweep {sw.id}: {backend} backend, {spec.method} search on {spec.metric} ({spec.goal})")
+    if backend == "wandb":
+        say(f"W&B sweep: {sw.wandb_sweep}")
+    if cluster == "slurm":
+        from .submit import submit_agents
+
+        try:
+            job_ids = submit_agents(sw.dir, agents, trials_per_agent, profile=profile)
+        except BaseException:
+            shutil.rmtree(sw.dir, ignore_errors=True)  # a sweep nobody works on would only confuse
+            raise
+        say(f"submitted {agents} agent(s): job id(s) {', '.join(job_ids)}")
+        procs = []
+    else:
+        procs = _start_local_agents(sw, agents, trials_per_agent)
+        job_ids = [str(p.pid) for p in procs]
+        say(f"started {agents} local agent(s): pids {', '.join(job_ids)}; logs: {sw.agents_dir}/agent-*.log")
+    say(f"outputs: {sw.dir} (trials/<trial>/ is one run directory per trial)")
+    say(f"watch:   inat-jobs sweep-status {sw.id}" + (f" --out {sw.scratch_root}" if out else ""))
+    failed = _wait(procs, sw, say) if wait else []
+    if json_:
+        typer.echo(json.dumps({"sweep_id": sw.id, "job_ids": job_ids, "out": str(sw.dir)}))
+    if failed:
+        print(f"inat-jobs: error: agent(s) {', '.join(failed)} failed; see their logs in {sw.agents_dir}",
+              file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], backend: str, data: Path,
+                 out: Optional[Path], set_: Optional[List[str]], storage: Optional[str], seed: int):
+    """Validate the launch options, then create SCRATCH/sweeps/ID/ and its study; returns (Sweep, SweepSpec)."""
+    if agents < 1:
+        raise ConfigError(f"--agents {agents}: expected an integer >= 1")
+    if trials_per_agent is not None and trials_per_agent < 1:
+        raise ConfigError(f"--trials-per-agent {trials_per_agent}: expected an integer >= 1")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is invalid; allowed: {', '.join(BACKENDS)}")
+    if storage and backend != "local":
+        raise ConfigError("--storage is for --backend local (W&B keeps the sweep on its server)")
+    fixed = parse_overrides(set_ or [])
+    spec = load_spec(sweep, fixed)
+    spec.check_overrides(fixed)
+    if backend == "local":
+        optuna_space(spec)
+        _check_bounded(spec, trials_per_agent, "--trials-per-agent")
+    else:
+        from inat import sweep_wandb
+
+        sweep_wandb.preflight()
+    if not data.is_dir():
+        raise InatError(f"--data {data}: directory not found")
+
+    sw, spec = new_sweep(layout.scratch_root(out), sweep, backend, data, fixed, storage, seed)
+    try:
+        if backend == "local":
+            from inat.sweep_local import create_study
+
+            create_study(sw, spec)
+        else:
+            sweep_wandb.create(sw, spec)
+    except BaseException:
+        shutil.rmtree(sw.dir, ignore_errors=True)
+        raise
+    return sw, spec
+
+
+@app.command()
+def agent(
+    sweep_id: str = typer.Option(..., "--sweep-id", help="Sweep id (a directory under SCRATCH/sweeps/)."),
+    out: Optional[Path] = OutOpt,
+    count: Optional[int] = typer.Option(None, "--count", help="Trials to run (default: until the sweep is done)."),
+    agent_id: Optional[str] = typer.Option(
+        None, "--agent-id", help="Stable name; a restarted agent with the same name resumes its unfinished trial "
+        "(default: agent-$SLURM_ARRAY_TASK_ID under Slurm)."
+    ),
+    stale_after: float = StaleOpt,
+) -> None:
+    """Run one sweep agent: take a config, train it, report, repeat."""
+    sw = load_sweep(layout.scratch_root(out), sweep_id)
+    if count is not None and count < 1:
+        raise ConfigError(f"--count {count}: expected an integer >= 1")
+    agent_id = agent_id or _default_agent_id()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", agent_id):
+        raise ConfigError(f"--agent-id {agent_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    if sw.backend == "wandb":
+        from inat import sweep_wandb
+
+        sweep_wandb.run_agent(sw, count)
+        return
+    from inat.sweep_local import run_agent
+
+    _check_bounded(sw.spec(), count, "--count")
+    result = run_agent(sw, agent_id, count, stale_after)
+    typer.echo(f"{agent_id}: ran trials {', '.join(map(str, result['trials'])) or 'none'} ({result['stop_reason']})")
+
+
+@app.command("sweep-status")
+def sweep_status(
+    sweep_id: str = typer.Argument(..., help="Sweep id, as printed by launch-sweep."),
+    out: Optional[Path] = OutOpt,
+    json_: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    stale_after: float = StaleOpt,
+) -> None:
+    """Every trial's state, epochs and best val_accuracy; counts per state; the best config as YAML
+    (also written to SCRATCH/sweeps/ID/best_config.yaml for `inat-jobs train --config`)."""
+    sw = load_sweep(layout.scratch_root(out), sweep_id)
+    spec = sw.spec()
+    if sw.backend == "local":
+        from inat.sweep_local import trial_rows
+
+        rows = trial_rows(sw, spec, stale_after)
+    else:
+        rows = _rows_from_run_dirs(sw, spec)
+    counts = Counter(r["state"] for r in rows)
+    best = best_configs(sw.dir, 1)
+    best_out = None
+    if best:
+        name, cfg, acc = best[0]
+        cfg.save(sw.dir / "best_config.yaml")
+        best_out = {"trial": name, "val_accuracy": acc, "config": cfg.to_dict(),
+                    "config_path": str(sw.dir / "best_config.yaml")}
+    if json_:
+        typer.echo(json.dumps({"sweep_id": sw.id, "backend": sw.backend, "dir": str(sw.dir),
+                               "counts": dict(counts), "trials": rows, "best": best_out}, default=str))
+        return
+    states = ("running", "finished", "pruned", "failed")
+    typer.echo(f"sweep {sw.id} ({sw.backend}, {spec.method} on {spec.metric}, {spec.goal}): {len(rows)} trial(s): "
+               + ", ".join(f"{counts.get(s, 0)} {s}" for s in states))
+    typer.echo(f"{'trial':<10} {'state':<9} {'epochs':>6} {'best val_acc':>12}  params")
+    for r in rows:
+        acc = "-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}"
+        params = " ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
+        note = f"  ({r['error']})" if r.get("error") else ""
+        typer.echo(f"{r['trial']:<10} {r['state']:<9} {r['epochs_done']:>6} {acc:>12}  {params}{note}")
+    if best_out is None:
+        typer.echo("best: no finished trial yet")
+        return
+    typer.echo(f"\nbest: trial {best_out['trial']}, val_accuracy {best_out['val_accuracy']:.4f}; "
+               f"train it with: inat-jobs train --config {best_out['config_path']} --data DATA")
+    typer.echo(yaml.safe_dump(best_out["config"], sort_keys=False, default_flow_style=None).rstrip())
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+
+
+def _check_bounded(spec, count: int | None, flag: str) -> None:
+    if count is None and not spec.run_cap and spec.method != "grid":
+        raise ConfigError(f"{spec.path}: no run_cap and not a grid search, so the agents would never stop; "
+                          f"pass {flag} N or add run_cap to the sweep file")
+
+
+def _default_agent_id() -> str:
+    if os.environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"agent-{os.environ['SLURM_ARRAY_TASK_ID']}"
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"agent-{os.environ['SLURM_JOB_ID']}"
+    return f"agent-{os.uname().nodename.split('.')[0]}-{os.getpid()}"
+
+
+def _start_local_agents(sw: Sweep, n: int, count: int | None) -> list[subprocess.Popen]:
+    sw.agents_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])  # so `python -m jobs` works from a checkout too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    procs = []
+    for i in range(n):
+        agent_id = f"agent-{i}"
+        cmd = [sys.executable, "-m", "jobs", "agent", "--sweep-id", sw.id, "--out", str(sw.scratch_root),
+               "--agent-id", agent_id]
+        if count is not None:
+            cmd += ["--count", str(count)]
+        with open(sw.agents_dir / f"{agent_id}.log", "ab") as logfile:
+            procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=env, start_new_session=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], sw: Sweep, say) -> list[str]:
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:  # they run in their own sessions: Ctrl-C does not reach them by itself
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        raise
+    failed = [f"agent-{i} (exit {c})" for i, c in enumerate(codes) if c != 0]
+    say(f"agents finished: {len(procs) - len(failed)} ok, {len(failed)} failed")
+    return failed
+
+
+def _rows_from_run_dirs(sw: Sweep, spec) -> list[dict]:
+    from inat.config import RunConfig
+
+    rows = []
+    for d in sorted(p for p in sw.trials_dir.glob("*") if p.is_dir()):
+        info = read_trial(d, spec.metric, spec.maximize)
+        params = {}
+        if info["config_path"].is_file():
+            cfg = RunConfig.load(info["config_path"]).to_dict()
+            params = {k: cfg[k] for k in spec.swept if k in cfg}
+        rows.append({"trial": d.name, "state": info["state"], "epochs_done": info["epochs_done"],
+                     "best_val_accuracy": info["best_val_accuracy"], "value": info["best_metric"],
+                     "params": params, "error": None})
+    return rows

@@ -1,0 +1,232 @@
+"""The Optuna backend with a stand-in trial function (no TensorFlow): agents, pruning, run_cap, grids,
+concurrent agents on one journal, dead trials and requeued agents."""
+
+import multiprocessing
+import os
+import time
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from inat.config import RunConfig
+from inat.fsutil import read_json, write_csv, write_json
+from inat.sweep import best_configs, load_sweep, new_sweep, trial_name
+from inat.sweep_local import Outcome, create_study, open_study, run_agent, storage_for, trial_rows
+
+SPEC = """
+method: bayes
+metric: {name: val_accuracy, goal: maximize}
+early_terminate: {type: hyperband, min_iter: 1, eta: 2}
+parameters:
+  kernel_size: {values: [[3, 3, 3, 3, 3], [5, 5, 5, 5, 5]]}
+  dropout: {min: 0.0, max: 0.5}
+  learning_rate: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
+"""
+
+
+def make_sweep(tmp_path, spec_text=SPEC, fixed=None):
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "s.yaml").write_text(spec_text)
+    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data",
+                            fixed or {"epochs": 6})
+    create_study(sweep, spec)
+    return sweep
+
+
+def fake_trial(tr):
+    """Learning curve = dropout + 0.01 * epoch, written like train() would write it."""
+    tr.run_dir.mkdir(parents=True, exist_ok=True)
+    rows, best = [], None
+    for epoch in range(1, tr.config.epochs + 1):
+        value = tr.config.dropout + 0.01 * epoch
+        best = value if best is None else max(best, value)
+        rows.append([epoch, 1.0, 0.5, 1.0, value, 0.01])
+        write_csv(tr.run_dir / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"], rows)
+        tr.config.save(tr.run_dir / "config.yaml")
+        if tr.report(epoch, value):
+            write_json(tr.run_dir / "run.json", {"status": "stopped"})
+            return Outcome(best, epoch, True)
+    write_json(tr.run_dir / "run.json", {"status": "completed"})
+    return Outcome(best, tr.config.epochs, False)
+
+
+def test_agent_runs_trials_prunes_and_records_them(tmp_path):
+    sweep = make_sweep(tmp_path)
+    result = run_agent(sweep, "a0", count=8, trial_fn=fake_trial)
+    assert result["trials"] == list(range(8))
+    trials = open_study(sweep, sweep.spec()).get_trials()
+    assert [t.state for t in trials].count(TrialState.RUNNING) == 0
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, "min_iter 1 with eta 2 prunes some of 8 trials"
+    for t in pruned:
+        info = read_json(sweep.trials_dir / trial_name(t.number) / "run.json")
+        assert info["status"] == "pruned" and info["pruned_at_epoch"] < 6
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(t.params["dropout"] + 0.06)  # the best epoch's metric
+    rows = trial_rows(sweep, sweep.spec())
+    assert {r["state"] for r in rows} <= {"finished", "pruned"}
+    assert all(isinstance(r["params"]["kernel_size"], list) for r in rows)  # decoded back from JSON
+
+
+def test_best_configs_reads_finished_run_directories(tmp_path):
+    sweep = make_sweep(tmp_path)
+    run_agent(sweep, "a0", count=6, trial_fn=fake_trial)
+    best = best_configs(sweep.dir, top_k=3)
+    assert best and len(best) <= 3
+    accs = [acc for _, _, acc in best]
+    assert accs == sorted(accs, reverse=True)
+    name, cfg, acc = best[0]
+    finished = [t for t in open_study(sweep, sweep.spec()).get_trials() if t.state == TrialState.COMPLETE]
+    assert acc == pytest.approx(max(t.value for t in finished))
+    assert isinstance(cfg, RunConfig) and cfg.epochs == 6
+    assert load_sweep(sweep.scratch_root, sweep.id).fixed == {"epochs": 6}
+
+
+def test_run_cap_is_a_global_cap(tmp_path):
+    sweep = make_sweep(tmp_path, SPEC + "run_cap: 3\n")
+    first = run_agent(sweep, "a0", count=2, trial_fn=fake_trial)
+    second = run_agent(sweep, "a1", count=5, trial_fn=fake_trial)
+    assert len(first["trials"]) + len(second["trials"]) == 3
+    assert "run_cap" in second["stop_reason"]
+    assert len(open_study(sweep, sweep.spec()).get_trials()) == 3
+
+
+def test_grid_stops_when_exhausted(tmp_path):
+    spec = ("method: grid\nmetric: {name: val_accuracy, goal: maximize}\nparameters:\n"
+            "  kernel_size: {values: [[3,3,3,3,3], [5,5,5,5,5]]}\n  dropout: {values: [0.1, 0.2]}\n")
+    sweep = make_sweep(tmp_path, spec)
+    result = run_agent(sweep, "a0", count=None, trial_fn=fake_trial)
+    trials = open_study(sweep, sweep.spec()).get_trials()
+    assert len(result["trials"]) == 4 and result["stop_reason"] == "grid exhausted"
+    assert sorted((t.params["kernel_size"], t.params["dropout"]) for t in trials) == sorted(
+        (k, d) for k in ("[3, 3, 3, 3, 3]", "[5, 5, 5, 5, 5]") for d in (0.1, 0.2))
+
+
+def _agent_process(scratch, sweep_id, agent_id):
+    run_agent(load_sweep(scratch, sweep_id), agent_id, count=5, trial_fn=fake_trial)
+
+
+def test_concurrent_agents_share_one_journal(tmp_path):
+    sweep = make_sweep(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_agent_process, args=(sweep.scratch_root, sweep.id, f"a{i}")) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    trials = open_study(sweep, sweep.spec()).get_trials()
+    assert sorted(t.number for t in trials) == list(range(15))  # none lost, none duplicated
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert {t.user_attrs["agent"] for t in trials} == {"a0", "a1", "a2"}
+    assert sorted(p.name for p in sweep.trials_dir.iterdir()) == [trial_name(i) for i in range(15)]
+
+
+def test_failed_trial_is_recorded_and_agent_moves_on(tmp_path):
+    sweep = make_sweep(tmp_path)
+    calls = []
+
+    def sometimes_broken(tr):
+        calls.append(tr.number)
+        if tr.number == 0:
+            raise RuntimeError("out of memory")
+        return fake_trial(tr)
+
+    run_agent(sweep, "a0", count=2, trial_fn=sometimes_broken)
+    t0 = open_study(sweep, sweep.spec()).get_trials()[0]
+    assert t0.state == TrialState.FAIL and t0.user_attrs["error"] == "out of memory"
+    assert read_json(sweep.trials_dir / "0000" / "run.json")["status"] == "failed"
+    assert calls == [0, 1]
+
+
+def test_stale_running_trial_is_failed_by_next_agent_and_status(tmp_path):
+    sweep = make_sweep(tmp_path)
+    study = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))
+    dead = study.ask()  # an agent took trial 0, then its node died
+    beat = sweep.trials_dir / "0000" / "heartbeat"
+    beat.parent.mkdir(parents=True)
+    beat.touch()
+    alive = study.ask()  # trial 1's agent is still beating
+    (sweep.trials_dir / "0001").mkdir()
+    (sweep.trials_dir / "0001" / "heartbeat").touch()
+    old = time.time() - 3600
+    os.utime(beat, (old, old))
+
+    assert trial_rows(sweep, sweep.spec(), stale_after=600)[0]["state"] == "failed"  # sweep-status
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL and "no heartbeat" in trials[dead.number].user_attrs["error"]
+    assert trials[alive.number].state == TrialState.RUNNING
+
+    os.utime(sweep.trials_dir / "0001" / "heartbeat", (old, old))
+    run_agent(sweep, "a2", count=1, trial_fn=fake_trial)  # the next agent cleans up at start
+    trials = study.get_trials()
+    assert trials[alive.number].state == TrialState.FAIL
+    assert trials[2].state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def test_requeued_agent_resumes_its_own_trial(tmp_path):
+    sweep = make_sweep(tmp_path, SPEC.replace("early_terminate: {type: hyperband, min_iter: 1, eta: 2}\n", ""))
+    seen = []
+
+    def killed_after_two_epochs(tr):
+        seen.append(("first", tr.number))
+        tr.report(1, 0.1)
+        tr.report(2, 0.2)
+        raise KeyboardInterrupt  # stands in for SIGKILL / preemption: nothing is told to the study
+
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sweep, "agent-7", count=3, trial_fn=killed_after_two_epochs)
+    state = read_json(sweep.agents_dir / "agent-7.json")
+    assert state["trial"] == 0
+    old = time.time() - 3600  # it waited in the queue longer than the grace period: still its own
+    os.utime(sweep.trials_dir / "0000" / "heartbeat", (old, old))
+
+    def resumed(tr):
+        seen.append(("again", tr.number))
+        return fake_trial(tr)
+
+    run_agent(sweep, "agent-7", count=2, trial_fn=resumed)
+    trials = open_study(sweep, sweep.spec()).get_trials()
+    assert seen == [("first", 0), ("again", 0), ("again", 1)]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert read_json(sweep.agents_dir / "agent-7.json")["trial"] is None
+
+
+def test_best_config_yaml_is_a_train_config(tmp_path):
+    sweep = make_sweep(tmp_path)
+    run_agent(sweep, "a0", count=3, trial_fn=fake_trial)
+    _, cfg, _ = best_configs(sweep.dir)[0]
+    path = tmp_path / "best.yaml"
+    cfg.save(path)
+    assert RunConfig.load(path) == cfg
+    assert isinstance(yaml.safe_load(path.read_text())["kernel_size"], list)
+
+
+def test_rdb_storage_url_works_too(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "s.yaml").write_text(SPEC)
+    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 3},
+                            storage=f"sqlite:///{tmp_path / 'study.db'}")
+    create_study(sweep, spec)
+    run_agent(load_sweep(sweep.scratch_root, sweep.id), "a0", count=2, trial_fn=fake_trial)
+    assert not (sweep.dir / "optuna.journal").exists() and (tmp_path / "study.db").is_file()
+    assert len(open_study(sweep, spec).get_trials()) == 2
+
+
+def test_trial_declared_dead_while_alive_stops_and_stays_failed(tmp_path):
+    sweep = make_sweep(tmp_path)
+
+    def declared_dead_midway(tr):
+        tr.report(1, 0.1)
+        other = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))  # another agent
+        other.tell(tr.number, state=TrialState.FAIL)
+        stop = tr.report(2, 0.2)
+        return Outcome(0.2, 2, stop)
+
+    run_agent(sweep, "a0", count=1, trial_fn=declared_dead_midway)
+    t = open_study(sweep, sweep.spec()).get_trials()[0]
+    assert t.state == TrialState.FAIL
+    assert read_json(sweep.trials_dir / "0000" / "run.json")["status"] == "failed"
