@@ -9,10 +9,11 @@ export PATH
 # Packages in a bound $HOME (~/.local) must not shadow the image's.
 export PYTHONNOUSERSITE=1
 
-# Scratch storage: whatever the host binds at /scratch (`-B /scratch`, `-B /big/disk:/scratch`).
-# W&B runs and Keras' downloads go there when it is writable; otherwise the tools keep their
-# own defaults (./wandb, ~/.keras).
-INAT_SCRATCH=/scratch
+# Scratch storage: the host's $INAT_SCRATCH when it passes in (bind that path: `-B "$INAT_SCRATCH"`,
+# so runs have the same paths inside and out), else whatever the host binds at /scratch
+# (`-B /scratch`, `-B /big/disk:/scratch`). W&B runs and Keras' downloads go there when it is
+# writable; otherwise the tools keep their own defaults (./wandb, ~/.keras).
+INAT_SCRATCH=${INAT_SCRATCH:-/scratch}
 export INAT_SCRATCH
 if [ -d "$INAT_SCRATCH" ] && [ -w "$INAT_SCRATCH" ]; then
     WANDB_DIR="$INAT_SCRATCH/wandb"
