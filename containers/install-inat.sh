@@ -111,7 +111,7 @@ EOF
 
     # Exactly one TensorFlow distribution, importable (tensorflow and tensorflow-cpu both
     # provide the module: having both breaks either one).
-    "$py" - <<'EOF'
+    TF_CPP_MIN_LOG_LEVEL=2 "$py" - <<'EOF'
 import importlib.metadata as md
 import re
 names = {re.sub(r"[-_.]+", "-", d.metadata["Name"] or "").lower() for d in md.distributions()}
