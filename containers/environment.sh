@@ -6,8 +6,11 @@
 # The project's Python environment (containers/install-inat.sh).
 PATH="/opt/venv/bin:$PATH"
 export PATH
-# Packages in a bound $HOME (~/.local) must not shadow the image's.
+# Packages in a bound $HOME (~/.local) must not shadow the image's, nor a host PYTHONPATH (a
+# checkout, another Python's site-packages from `module load`): Slurm passes the submitter's
+# environment to the job. `--env PYTHONPATH=...` (APPTAINERENV_PYTHONPATH) still sets one.
 export PYTHONNOUSERSITE=1
+unset PYTHONPATH
 
 # Scratch storage: the host's $INAT_SCRATCH when it passes in (bind that path: `-B "$INAT_SCRATCH"`,
 # so runs have the same paths inside and out), else whatever the host binds at /scratch
