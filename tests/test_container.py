@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require
+from conftest import REPO, require, run_cli
 
 pytestmark = [pytest.mark.apptainer, pytest.mark.slow]
 
@@ -109,13 +109,9 @@ def _where_am_i() -> dict:
 
 
 def _slurm_up() -> tuple[bool, str]:
-    if not shutil.which("sbatch"):
-        return False, "no sbatch on PATH"
-    try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"scontrol ping failed ({exc})"
-    return " is UP" in out.stdout, out.stdout.strip() or out.stderr.strip()
+    from jobs.cluster import slurm_available
+
+    return slurm_available(timeout=10)
 
 
 @pytest.mark.slurm
@@ -123,15 +119,13 @@ def test_submitit_job_runs_inside_the_image(image, tmp_path):
     ok, why = _slurm_up()
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
     import cloudpickle
-    import submitit
 
-    # The job's python is the image's, so this test module (not in the image) goes by value.
-    # The job starts in the submit directory, this checkout: without PYTHONSAFEPATH,
-    # `python -m submitit...` would import the checkout's `jobs` instead of the image's.
-    executor = submitit.AutoExecutor(
-        folder=tmp_path / "jobs", cluster="slurm",
-        slurm_python=f"apptainer exec --env PYTHONSAFEPATH=1 -B {tmp_path} {image} python")
-    executor.update_parameters(timeout_min=10, slurm_job_name="inat-image-test")
+    from jobs.cluster import load_profile, make_executor
+
+    # The executor inat-jobs itself uses, with --image: the job's python is the image's, so this
+    # test module (not in the image) goes by value.
+    profile = load_profile(REPO / "configs" / "clusters" / "ci.yaml", image=image)
+    executor = make_executor(profile, tmp_path / "jobs" / "probe", "inat-image-test")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         job = executor.submit(_where_am_i)
@@ -152,6 +146,30 @@ def test_submitit_job_runs_inside_the_image(image, tmp_path):
         "inat_jobs_in": where["inat_jobs_in"],
     }
     assert where["inat_jobs_in"].startswith("/opt/venv/"), where  # the image's installed copy
+
+
+@pytest.mark.slurm
+def test_cli_submits_a_test_job_that_runs_in_the_image(image, container_run):
+    """`inat-jobs test --run RUN --cluster slurm --image IMAGE`: the job's python is the image's."""
+    ok, why = _slurm_up()
+    require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
+    scratch, trained = container_run
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = scratch / "runs" / "boxed-slurm"
+    shutil.copytree(scratch / "runs" / "boxed", run)
+    (run / "test_metrics.json").unlink(missing_ok=True)
+    result = run_cli("test", "--run", str(run), "--cluster", "slurm", "--image", image,
+                     env={"INAT_CLUSTER_PROFILE": str(REPO / "configs" / "clusters" / "ci.yaml")})
+    assert result.returncode == 0, result.stderr
+    assert "test: submitted job" in result.stdout, result.stdout
+    deadline = time.monotonic() + 300
+    while not (run / "test_metrics.json").is_file():
+        assert time.monotonic() < deadline, f"no test_metrics.json after 300 s: {result.stdout}"
+        time.sleep(2)
+    assert json.loads((run / "test_metrics.json").read_text())["n"] == 60
+    [script] = (scratch / "jobs").glob("test-*/test/*_submission.sh")
+    assert f"apptainer exec --nv --env PYTHONSAFEPATH=1 -B {scratch} {image} python -u -m submitit" \
+        in script.read_text()
 
 
 def test_no_build_time_secret_in_the_image(image):
@@ -178,10 +196,18 @@ def test_no_build_time_secret_in_the_image(image):
         f"a host secret is in these files of the image: {result.stdout[:2000]}{result.stderr[-2000:]}")
 
 
-def test_wandb_key_passes_in_at_run_time(image):
-    """Intended: W&B keys come from the host's environment when the job runs, never the image."""
-    result = apptainer("exec", image, "printenv", "WANDB_API_KEY", env={"WANDB_API_KEY": "run-time-key"})
-    assert result.returncode == 0 and result.stdout.strip() == "run-time-key", result.stderr
-    result = apptainer("exec", "--cleanenv", image, "printenv", "WANDB_API_KEY",
+def test_host_environment_in_the_image(image):
+    """W&B keys and the scratch root come from the host when the container runs, never from the
+    image; a host PYTHONPATH (a checkout, a `module load`ed Python) must not reach the image's python."""
+    show = "import os, sys; print(os.environ.get('WANDB_API_KEY'), os.environ.get('INAT_SCRATCH'), sys.path)"
+    result = apptainer("exec", image, "python", "-c", show,
+                       env={"WANDB_API_KEY": "run-time-key", "INAT_SCRATCH": "/tmp/host-scratch",
+                            "PYTHONPATH": "/tmp/host-checkout"})
+    assert result.returncode == 0, result.stderr
+    key, scratch, path = result.stdout.split(" ", 2)
+    assert (key, scratch) == ("run-time-key", "/tmp/host-scratch")
+    assert "/tmp/host-checkout" not in path
+    result = apptainer("exec", "--cleanenv", "--env", "PYTHONPATH=/tmp/wanted", image, "python", "-c", show,
                        env={"APPTAINERENV_WANDB_API_KEY": "explicit-key"})
-    assert result.returncode == 0 and result.stdout.strip() == "explicit-key", result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("explicit-key None ") and "/tmp/wanted" in result.stdout
