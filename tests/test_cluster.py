@@ -191,7 +191,8 @@ def test_generated_sbatch_scripts_match_golden_files(name, monkeypatch):
     path, overrides, stage, n, dependency = GOLDEN_CASES[name]
     profile = cluster.load_profile(path, overrides)
     text = cluster.sbatch_text(profile, stage, Path("/scratch/inat/jobs/ID") / stage, n, dependency)
-    text = text.replace(str(REPO), "{PROJECT}").replace(sys.executable, "{PYTHON}")
+    # The interpreter first: a checkout's own .venv lies inside the project directory.
+    text = text.replace(sys.executable, "{PYTHON}").replace(str(REPO), "{PROJECT}")
     golden = GOLDEN / f"{name}.sbatch"
     if os.environ.get("INAT_UPDATE_GOLDEN") == "1":
         golden.parent.mkdir(exist_ok=True)
