@@ -27,7 +27,7 @@ from typing import Any
 from . import layout
 from .config import RunConfig
 from .errors import ConfigError, InatError
-from .fsutil import read_json, write_json
+from .fsutil import atomic_path, make_dir, read_json, write_json
 from .sweep_spec import SweepSpec, load_spec
 
 BACKENDS = ("local", "wandb")
@@ -86,15 +86,16 @@ def new_sweep(scratch: Path, spec_path: str | Path, backend: str, data_root: str
     if not Path(data_root).is_dir():
         raise InatError(f"--data {data_root}: directory not found")
     sweep_id = layout.new_id()
-    root = layout.sweeps_dir(scratch) / sweep_id
-    try:
-        root.mkdir(parents=True)
-    except OSError as exc:
-        raise InatError(f"cannot create {root}: {exc.strerror or exc}") from None
-    shutil.copyfile(spec_path, root / "sweep.yaml")
+    root = make_dir(layout.sweeps_dir(scratch) / sweep_id)
     sweep = Sweep(sweep_id, root, backend, str(Path(data_root).resolve()), dict(fixed), storage, seed,
                   time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    sweep.save()
+    try:
+        with atomic_path(root / "sweep.yaml") as tmp:
+            shutil.copyfile(spec_path, tmp)
+        sweep.save()
+    except BaseException:  # e.g. a full disk: leave no sweep directory that load_sweep half-reads
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return sweep, spec
 
 
