@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import keras
 from . import data, models, tracking
 from .config import RunConfig
 from .errors import InatError
-from .fsutil import read_json, write_csv, write_json
+from .fsutil import make_dir, os_reason, read_json, write_csv, write_json
+from .weights import resolve_weights
 
 log = logging.getLogger("inat")
 HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
@@ -58,11 +60,22 @@ def train(
     wandb_job_type: str = "train",
     verbose: int | None = None,
 ) -> TrainResult:
-    """Train `cfg` into `run_dir`, resuming if the directory holds an unfinished run of the same config."""
+    """Train `cfg` into `run_dir`, resuming if the directory holds an unfinished run of the same config.
+
+    A new run directory that fails before its first epoch is committed (bad data, missing weights,
+    a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
+    """
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(run_dir):
-        return _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose)
+    resolve_weights(cfg)  # a missing weights file fails here, before anything is written
+    created = not run_dir.exists()
+    make_dir(run_dir)
+    try:
+        with _exclusive(run_dir):
+            return _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose)
+    except Exception:
+        if created and not (run_dir / "checkpoint" / "state.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose):
@@ -175,7 +188,7 @@ def save_model_atomic(model, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InatError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise InatError(f"cannot write {path}: {os_reason(exc)}") from None
 
 
 # ---- run directory bookkeeping ------------------------------------------------------------------
