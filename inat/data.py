@@ -29,6 +29,8 @@ log = logging.getLogger("inat")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # matched case-insensitively: cameras write .JPG
 SPLITS = ("train", "val", "test")
 _FORMAT = "inat-splits/1"
+# The split is seeded, so drawing it again from unchanged data gives the same lists.
+_REDRAW = "delete it and rerun the run's `inat-jobs train` command (same --run-id and --data) to split again"
 
 
 # ---- splits --------------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ class Splits:
         try:
             data = read_json(path)
         except InatError as exc:
-            raise DataError(str(exc)) from None
+            raise DataError(f"{exc}; {_REDRAW}") from None
         try:
             if not isinstance(data, dict) or data.get("format") != _FORMAT:
                 raise ValueError(f"expected a mapping with format {_FORMAT!r}")
@@ -93,7 +95,7 @@ class Splits:
             )
         except (KeyError, TypeError, ValueError) as exc:
             what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise DataError(f"{path}: not a valid splits file ({what}); delete it to split again") from None
+            raise DataError(f"{path}: not a valid splits file ({what}); {_REDRAW}") from None
         return splits
 
 
@@ -113,14 +115,7 @@ def discover(root: str | os.PathLike, seed: int = 0, val_fraction: float = 0.1) 
     """Scan ROOT/train and ROOT/val, check that they agree, and draw a stratified train/val split."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    root = Path(os.path.abspath(root))
-    if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise DataError(f"{root}: dataset root {what}; pass the folder that holds train/ and val/")
-    for sub in ("train", "val"):
-        if not (root / sub).is_dir():
-            raise DataError(f"{root}: no {sub}/ folder; expected {_layout_hint(root)}")
-
+    root = _check_root(root)
     ignored: list[str] = []
     train_files = _scan(root, "train", ignored)
     test_files = _scan(root, "val", ignored)
@@ -147,6 +142,17 @@ def discover(root: str | os.PathLike, seed: int = 0, val_fraction: float = 0.1) 
         examples = ", ".join(ignored[:3])
         log.warning("ignored %d non-image file(s) under %s, e.g. %s", len(ignored), root, examples)
     return Splits(str(root), classes, train, val, test, ignored, seed=seed, val_fraction=val_fraction)
+
+
+def _check_root(root: str | os.PathLike) -> Path:
+    root = Path(os.path.abspath(root))
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise DataError(f"{root}: dataset root {what}; pass the folder that holds train/ and val/")
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise DataError(f"{root}: no {sub}/ folder; expected {_layout_hint(root)}")
+    return root
 
 
 def _n_val(n: int, val_fraction: float) -> int:
@@ -261,17 +267,21 @@ def drop_bad_images(splits: Splits) -> Splits:
     bad = [(rel, why) for (_, rel, _), why in zip(items, problems) if why is not None]
     if not bad:
         return splits
-    shown = ", ".join(f"{rel} ({why})" for rel, why in bad[:5])
-    more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-    log.warning("skipping %d unreadable image(s): %s%s", len(bad), shown, more)
     keep = {split: [] for split in SPLITS}
     for (split, rel, label), why in zip(items, problems):
         if why is None:
             keep[split].append((rel, label))
     left = {label for _, label in keep["train"]}
     empty = [name for label, name in enumerate(splits.classes) if label not in left]
-    if empty:
-        raise DataError(f"{splits.root}: no readable train images left for class(es) {', '.join(empty)}")
+    if empty:  # checked before the warning below, so that the error is the only line printed
+        rel, why = next(((r, w) for r, w in bad if r.startswith(f"train/{empty[0]}/")), bad[0])
+        raise DataError(
+            f"{splits.root}: no readable train images left for class(es) {', '.join(empty)} "
+            f"(e.g. {rel}: {why}); replace the broken images or remove the class from train/ and val/"
+        )
+    shown = ", ".join(f"{rel} ({why})" for rel, why in bad[:5])
+    more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+    log.warning("skipping %d unreadable image(s): %s%s", len(bad), shown, more)
     return dataclasses.replace(splits, **keep, bad=[*splits.bad, *bad])
 
 

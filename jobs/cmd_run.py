@@ -118,5 +118,9 @@ def make_demo_data(
 
 
 def _check_data_root(data: Path) -> None:
+    """The layout checks of `discover`, before TensorFlow loads or a run directory is made."""
     if not data.exists():
         raise InatError(f"--data {data}: directory not found")
+    from inat.data import _check_root
+
+    _check_root(data)
