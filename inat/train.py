@@ -25,6 +25,7 @@ import platform
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -119,14 +120,19 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs,
-            initial_epoch=start_epoch,
-            callbacks=[recorder, *callbacks],
-            verbose=verbose,
-        )
+        with warnings.catch_warnings():
+            # The datasets have no known length (ignore_errors may drop images), so Keras finds the
+            # end of the first epoch by running out of data, and warns that it did: expected here.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                initial_epoch=start_epoch,
+                callbacks=[recorder, *callbacks],
+                verbose=verbose,
+                shuffle=False,  # train_ds shuffles itself; Keras warns when asked to shuffle a Dataset
+            )
     except BaseException:
         tracker.finish(exit_code=1)
         _write_run_info(run_dir, cfg, splits, status="failed", epochs_done=recorder.state["epoch"])
