@@ -8,12 +8,17 @@ W&B runs offline (WANDB_MODE=offline), so its run files are written and scanned 
 
 from __future__ import annotations
 
+import json
+import netrc
+import os
 import secrets
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, require, run_cli
 
 TINY = ["--set", "epochs=1", "--set", "image_size=32", "--set", "filt_org=[4,4,4,4,4]", "--set", "num_dense=8",
         "--set", "batch_size=16"]
@@ -73,3 +78,83 @@ def test_key_stays_out_of_a_sweep_agent(tmp_path, key, demo_data):
     assert key not in result.stdout + result.stderr
     assert files_with(key, scratch) == []
     print(f"\nsweep agent: {scanned_files(scratch)} files scanned, key in none")
+
+
+# ---- the container image ----------------------------------------------------------------------------
+
+CONTAINERS = REPO / "containers"
+
+
+def cached_image() -> Path | None:
+    """$INAT_IMAGE, else the newest tested image in containers/build.sh's cache."""
+    if os.environ.get("INAT_IMAGE"):
+        return Path(os.environ["INAT_IMAGE"])
+    cache = Path(os.environ.get("INAT_IMAGE_CACHE", "/var/cache/inat-jobs"))
+    images = sorted(cache.glob("inat-*.sif"), key=lambda p: (p.with_name(p.name + ".tested").exists(),
+                                                             p.stat().st_mtime))
+    return images[-1] if images else None
+
+
+def host_key() -> str | None:
+    """The W&B key of whoever runs the tests, if any: it must not be in the image either."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        auth = netrc.netrc().authenticators("api.wandb.ai")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return auth[2] if auth else None
+
+
+def test_image_build_inputs_set_no_key():
+    """Definitions and build scripts never set, copy or pass on a key; only docs and comments mention it."""
+    docs = {"README.md", "help.txt"}
+    for path in sorted(CONTAINERS.rglob("*")):
+        if path.is_file() and path.name not in docs:
+            code = [line for line in path.read_text(errors="replace").splitlines()
+                    if not line.lstrip().startswith("#")]
+            for word in ("WANDB_API_KEY", "netrc", "APPTAINERENV_"):
+                assert not [line for line in code if word in line], f"{path.relative_to(REPO)} uses {word}"
+
+
+@pytest.mark.apptainer
+def test_image_carries_no_key(key):
+    require(shutil.which("apptainer") is not None, "apptainer is not installed (scripts/apptainer/install.sh)")
+    image = cached_image()
+    require(image is not None and image.is_file(), "no image in the build cache (containers/build.sh --cpu)")
+    env = {**os.environ, "WANDB_API_KEY": key}
+    inspect = subprocess.run(["apptainer", "inspect", "--all", "--json", str(image)], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert inspect.returncode == 0, inspect.stderr
+    attrs = json.loads(inspect.stdout)["data"]["attributes"]
+    for section in ("environment", "deffile", "labels", "runscript", "startscript", "test"):
+        assert "WANDB_API_KEY" not in json.dumps(attrs.get(section, "")), f"image {section} names WANDB_API_KEY"
+    inside = subprocess.run(["apptainer", "exec", "--cleanenv", str(image), "env"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert inside.returncode == 0, inside.stderr
+    assert not [line for line in inside.stdout.splitlines() if line.startswith("WANDB_API_KEY")]
+    for secret in filter(None, (key, host_key())):
+        assert secret not in inspect.stdout + inside.stdout
+    print(f"\nimage {image.name}: inspect sections and its own environment carry no W&B key")
+
+
+@pytest.mark.apptainer
+@pytest.mark.slow
+def test_key_stays_out_of_a_run_in_the_image(tmp_path, key, demo_data):
+    """The documented way (APPTAINERENV_WANDB_API_KEY) gives the key to W&B, not to any file."""
+    require(shutil.which("apptainer") is not None, "apptainer is not installed (scripts/apptainer/install.sh)")
+    image = cached_image()
+    require(image is not None and image.is_file(), "no image in the build cache (containers/build.sh --cpu)")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "APPTAINERENV_WANDB_API_KEY": key, "APPTAINERENV_WANDB_MODE": "offline"}
+    result = subprocess.run(
+        ["apptainer", "run", "--cleanenv", "-B", f"{scratch}:/scratch", "-B", str(demo_data), str(image),
+         "train", "--data", str(demo_data), "--run-id", "r", *TINY],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert list(scratch.glob("runs/r/wandb/offline-run-*/run-*.wandb")), "W&B did not write its offline run"
+    assert key not in result.stdout + result.stderr
+    assert files_with(key, scratch) == []
+    print(f"\ntraining in {image.name}: {scanned_files(scratch)} files scanned, key in none")
