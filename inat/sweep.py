@@ -109,9 +109,14 @@ def load_sweep(scratch_root: str | os.PathLike, sweep_id: str) -> Sweep:
         hint = f" (latest there: {', '.join(known)})" if known else ""
         raise InatError(f"sweep {sweep_id!r} not found: looked for {path}{hint}; "
                         "pass --out (or set $INAT_SCRATCH) to the scratch root it was launched with")
-    data = read_json(path)
-    data["dir"] = path.parent
-    return Sweep(**{k: v for k, v in data.items() if k in Sweep.__dataclass_fields__})
+    try:
+        data = read_json(path)
+        fields = {k: v for k, v in data.items() if k in Sweep.__dataclass_fields__ and k != "dir"}
+        return Sweep(**fields, dir=path.parent)
+    except (InatError, TypeError, AttributeError) as exc:  # unreadable, or not the mapping save() writes
+        what = str(exc) if isinstance(exc, InatError) else f"{path}: not a sweep record ({exc})"
+        raise InatError(f"{what}; the sweep's own record is damaged: restore it from a copy, or "
+                        "launch the sweep again") from None
 
 
 # ---- trial results from run directories -----------------------------------------------------------
