@@ -51,6 +51,7 @@ class Ctx:
     data: Path  # a private copy of the small dataset, free to break
     trained: Path  # a trained run, copied into scratch/runs/trained
     mounts: list[Path] = field(default_factory=list)
+    sweep_id: str = ""  # set by rows that make a sweep first
 
     @property
     def scratch(self) -> Path:
@@ -221,6 +222,26 @@ def no_model(c: Ctx) -> None:
     (c.run / "model.keras").unlink()
 
 
+def make_sweep(c: Ctx) -> str:
+    from inat.sweep import new_sweep
+    from inat.sweep_local import create_study
+
+    sweep, spec = new_sweep(c.scratch, c.file("made.yaml", SWEEP), "local", c.data, {"epochs": 1})
+    create_study(sweep, spec)
+    c.sweep_id = sweep.id
+    return sweep.id
+
+
+def damage_journal(c: Ctx) -> None:
+    journal = c.scratch / "sweeps" / make_sweep(c) / "optuna.journal"
+    # A torn record with more records after it (one at the end is skipped as still being written).
+    journal.write_text('{"op_code": 4, "worker_id": "torn\n' + journal.read_text())
+
+
+def damage_record(c: Ctx) -> None:
+    (c.scratch / "sweeps" / make_sweep(c) / "sweep.json").write_text('{"id": "x"}\n')
+
+
 def cut(rel: str, keep: int) -> Callable[[Ctx], None]:
     def setup(c: Ctx) -> None:
         path = c.run / rel
@@ -286,6 +307,11 @@ CASES = [
          ("key 'kernel_size'", "expected a list of 5 positive integers")),
     Case("out-of-range", lambda c: train(c, "--set", "dropout=1.5"), ("key 'dropout' = 1.5", "allowed: 0 <= dropout < 1")),
     Case("set-without-value", lambda c: train(c, "--set", "dropout"), ("--set 'dropout': expected key=value",)),
+    Case("config-is-a-directory", lambda c: train(c, "--config", str(c.data)), ("data: is a directory; pass a YAML file",)),
+    Case("config-not-text", lambda c: train(c, "--config", str(c.data / "train" / "Aves" / "aves_0000.jpg")),
+         ("aves_0000.jpg: not a text file", "pass a YAML file")),
+    Case("kernel-too-large", lambda c: train(c, "--set", "kernel_size=[3,3,3,3,33]"),
+         ("key 'kernel_size'", "kernel sizes above 31 are not supported")),
     Case("unknown-model", lambda c: train(c, "--set", "model=vgg16"), ("key 'model' = 'vgg16'", "allowed: scratch")),
     # -- ImageNet weights, offline ----------------------------------------------------------------------
     Case("weights-file-missing", lambda c: train(c, "--set", "model=resnet50", "--set", "weights=/nonexistent.h5"),
@@ -348,6 +374,12 @@ CASES = [
          ("sweep 'nope' not found",)),
     Case("sweep-id-unknown-report", lambda c: ["sweep-report", "nope", "--out", str(c.scratch)],
          ("sweep 'nope' not found",)),
+    Case("agent-count-zero", lambda c: ["agent", "--sweep-id", c.sweep_id, "--out", str(c.scratch), "--count", "0"],
+         ("--count 0: expected an integer >= 1",), setup=make_sweep),
+    Case("sweep-record-damaged", lambda c: ["agent", "--sweep-id", c.sweep_id, "--out", str(c.scratch), "--count", "1"],
+         ("sweep.json: not a sweep record", "restore it from a copy, or launch the sweep again"), setup=damage_record),
+    Case("sweep-journal-damaged", lambda c: ["sweep-status", c.sweep_id, "--out", str(c.scratch)],
+         ("optuna.journal: the sweep's Optuna journal is damaged", "inat-jobs sweep-report"), setup=damage_journal),
     # -- other commands ---------------------------------------------------------------------------------
     Case("fetch-weights-unknown-model", lambda c: ["fetch-weights", "--models", "vgg16"], ("unknown model",)),
     Case("demo-data-into-a-file", lambda c: ["make-demo-data", str(c.file("taken", "x") / "demo")],
