@@ -199,5 +199,5 @@ def test_agents_killed_mid_trial_requeued_and_lost(tmp_path):
     counts = json.loads(result.stdout)["counts"]
     assert counts == {"finished": len(trials) - 1, "failed": 1}
     print(f"\nkilled mid-trial: trial {retried} (agent requeued: resumed, ran twice, COMPLETE), "
-          f"trial {dead} (agent gone: FAIL after {stale:.0f} s without heartbeat); "
-          f"{len(trials)} trials, all terminal")
+          f"trial {dead} (agent gone: FAIL, {trials[dead].user_attrs['error']!r}); "
+          f"{len(trials)} trials, all terminal; sweep-status counts {counts}")
