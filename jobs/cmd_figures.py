@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -11,13 +11,14 @@ from inat import layout
 from inat.errors import InatError
 
 from .cli import app
+from .cluster import ClusterSetOpt, ProfileOpt, RunsClusterOpt
 from .cmd_run import OutOpt
 
 
 @app.command()
 def visualize(
-    run: Path = typer.Option(
-        ..., "--run", "-r", help="Run directory (SCRATCH/runs/RUN_ID) with a trained model.keras."
+    run: List[Path] = typer.Option(
+        ..., "--run", "-r", help="Run directory (SCRATCH/runs/RUN_ID) with a trained model.keras. Repeatable."
     ),
     what: str = typer.Option(
         "grid,filters,guided,confusion", "--what", "-w",
@@ -33,6 +34,9 @@ def visualize(
         200, "--max-images", help="Test images searched for where each conv5 neuron fires most."
     ),
     pdf: bool = typer.Option(True, "--pdf/--no-pdf", help="Also write a PDF beside each PNG."),
+    cluster: Optional[str] = RunsClusterOpt,
+    profile: Optional[Path] = ProfileOpt,
+    cluster_set: Optional[List[str]] = ClusterSetOpt,
 ) -> None:
     """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here."""
     from inat.visualize import parse_what
@@ -41,8 +45,15 @@ def visualize(
     names = parse_what(what)  # a typo fails before the model loads
     if max_images < 1:
         raise InatError(f"--max-images {max_images}: must be at least 1")
-    for path in make_figures(run, names, data, seed=seed, max_images=max_images, pdf=pdf):
-        typer.echo(f"wrote {path}")
+    from .submit import maybe_submit
+    from .tasks import visualize_run
+
+    args = (names, data and data.resolve(), seed, max_images, pdf)
+    if maybe_submit("visualize", run, cluster, profile, cluster_set, lambda r: (visualize_run, (r, *args))):
+        return
+    for one in run:
+        for path in make_figures(one, names, data, seed=seed, max_images=max_images, pdf=pdf):
+            typer.echo(f"wrote {path}")
 
 
 @app.command("sweep-report")

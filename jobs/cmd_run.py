@@ -13,6 +13,7 @@ from inat.config import MODELS, RunConfig
 from inat.errors import InatError
 
 from .cli import app
+from .cluster import ClusterSetOpt, ProfileOpt, RunsClusterOpt
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; keys as in `configs/default.yaml`.")
 SetOpt = typer.Option(
@@ -57,8 +58,16 @@ def test(
     run: List[Path] = typer.Option(..., "--run", "-r", help="Run directory to evaluate. Repeatable."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Dataset root, if it moved since training."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Evaluation batch size (default: the run's)."),
+    cluster: Optional[str] = RunsClusterOpt,
+    profile: Optional[Path] = ProfileOpt,
+    cluster_set: Optional[List[str]] = ClusterSetOpt,
 ) -> None:
     """Evaluate each run's model.keras on the test split; writes RUN/test_metrics.json and predictions.csv."""
+    from .submit import maybe_submit
+    from .tasks import evaluate_run
+
+    if maybe_submit("test", run, cluster, profile, cluster_set, lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))):
+        return
     from inat.evaluate import evaluate, format_table
 
     for run_dir in run:

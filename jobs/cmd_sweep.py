@@ -24,9 +24,9 @@ from inat.sweep_optuna import optuna_space
 from inat.sweep_spec import load_spec
 
 from .cli import app
+from .cluster import ClusterOpt, ClusterSetOpt, ProfileOpt, load_profile, resolve_cluster
 from .cmd_run import DataOpt, OutOpt, SetOpt
 
-CLUSTERS = ("slurm", "local")
 StaleOpt = typer.Option(
     600.0, "--stale-after",
     help="Seconds without a heartbeat after which a running trial counts as dead (local backend).",
@@ -46,9 +46,9 @@ def launch_sweep(
     backend: str = typer.Option(
         "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server."
     ),
-    cluster: str = typer.Option(
-        "slurm", "--cluster", help="slurm: one array job; local: subprocesses on this machine."
-    ),
+    cluster: Optional[str] = ClusterOpt,
+    profile_path: Optional[Path] = ProfileOpt,
+    cluster_set: Optional[List[str]] = ClusterSetOpt,
     data: Path = DataOpt,
     out: Optional[Path] = OutOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -62,18 +62,51 @@ def launch_sweep(
     ),
 ) -> None:
     """Create a sweep under SCRATCH/sweeps/ID/ and start N agents on it."""
+    if wait and cluster not in (None, "local"):
+        raise ConfigError("--wait works with --cluster local; for Slurm watch `inat-jobs sweep-status ID`")
+    cluster = resolve_cluster("local" if wait else cluster)
+    profile = load_profile(profile_path, cluster_set or [])
+    sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)
+    say = (lambda *_: None) if json_ else typer.echo
+    say(f"sweep {sw.id}: {backend} backend, {spec.method} search on {spec.metric} ({spec.goal})")
+    if backend == "wandb":
+        say(f"W&B sweep: {sw.wandb_sweep}")
+    if cluster == "slurm":
+        from .submit import submit_agents
+
+        try:
+            job_ids = submit_agents(sw.dir, agents, trials_per_agent, profile=profile)
+        except BaseException:
+            shutil.rmtree(sw.dir, ignore_errors=True)  # a sweep nobody works on would only confuse
+            raise
+        say(f"submitted {agents} agent(s): job id(s) {', '.join(job_ids)}")
+        procs = []
+    else:
+        procs = _start_local_agents(sw, agents, trials_per_agent)
+        job_ids = [str(p.pid) for p in procs]
+        say(f"started {agents} local agent(s): pids {', '.join(job_ids)}; logs: {sw.agents_dir}/agent-*.log")
+    say(f"outputs: {sw.dir} (trials/<trial>/ is one run directory per trial)")
+    say(f"watch:   inat-jobs sweep-status {sw.id}" + (f" --out {sw.scratch_root}" if out else ""))
+    failed = _wait(procs, sw, say) if wait else []
+    if json_:
+        typer.echo(json.dumps({"sweep_id": sw.id, "job_ids": job_ids, "out": str(sw.dir)}))
+    if failed:
+        print(f"inat-jobs: error: agent(s) {', '.join(failed)} failed; see their logs in {sw.agents_dir}",
+              file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], backend: str, data: Path,
+                 out: Optional[Path], set_: Optional[List[str]], storage: Optional[str], seed: int):
+    """Validate the launch options, then create SCRATCH/sweeps/ID/ and its study; returns (Sweep, SweepSpec)."""
     if agents < 1:
         raise ConfigError(f"--agents {agents}: expected an integer >= 1")
     if trials_per_agent is not None and trials_per_agent < 1:
         raise ConfigError(f"--trials-per-agent {trials_per_agent}: expected an integer >= 1")
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r} is invalid; allowed: {', '.join(BACKENDS)}")
-    if cluster not in CLUSTERS:
-        raise ConfigError(f"--cluster {cluster!r} is invalid; allowed: {', '.join(CLUSTERS)}")
     if storage and backend != "local":
         raise ConfigError("--storage is for --backend local (W&B keeps the sweep on its server)")
-    if wait and cluster != "local":
-        raise ConfigError("--wait works with --cluster local; for Slurm watch `inat-jobs sweep-status ID`")
     fixed = parse_overrides(set_ or [])
     spec = load_spec(sweep, fixed)
     spec.check_overrides(fixed)
@@ -98,34 +131,7 @@ def launch_sweep(
     except BaseException:
         shutil.rmtree(sw.dir, ignore_errors=True)
         raise
-
-    say = (lambda *_: None) if json_ else typer.echo
-    say(f"sweep {sw.id}: {backend} backend, {spec.method} search on {spec.metric} ({spec.goal})")
-    if backend == "wandb":
-        say(f"W&B sweep: {sw.wandb_sweep}")
-    if cluster == "slurm":
-        from .submit import submit_agents
-
-        try:
-            job_ids = submit_agents(sw.dir, agents, trials_per_agent)
-        except BaseException:
-            shutil.rmtree(sw.dir, ignore_errors=True)  # nothing runs on it: leave no half-made sweep
-            raise
-        say(f"submitted {agents} agent(s): job id(s) {', '.join(job_ids)}")
-        procs = []
-    else:
-        procs = _start_local_agents(sw, agents, trials_per_agent)
-        job_ids = [str(p.pid) for p in procs]
-        say(f"started {agents} local agent(s): pids {', '.join(job_ids)}; logs: {sw.agents_dir}/agent-*.log")
-    say(f"outputs: {sw.dir} (trials/<trial>/ is one run directory per trial)")
-    say(f"watch:   inat-jobs sweep-status {sw.id}" + (f" --out {sw.scratch_root}" if out else ""))
-    failed = _wait(procs, sw, say) if wait else []
-    if json_:
-        typer.echo(json.dumps({"sweep_id": sw.id, "job_ids": job_ids, "out": str(sw.dir)}))
-    if failed:
-        print(f"inat-jobs: error: agent(s) {', '.join(failed)} failed; see their logs in {sw.agents_dir}",
-              file=sys.stderr)
-        raise typer.Exit(1)
+    return sw, spec
 
 
 @app.command()

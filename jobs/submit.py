@@ -1,12 +1,152 @@
-"""Slurm submission (submitit). Placeholder until the Slurm submission layer lands: it replaces this file."""
+"""Submitting work to Slurm with submitit: one array job per stage, recorded where `status` finds it.
+
+Every submission goes through `submit_calls`: N calls become one array job (`executor.batch()`),
+one call one plain job. Its submitit folder is SCRATCH/jobs/<owner>/<stage>/ (sbatch script, pickles,
+and the logs <jobid>_<task>_0_log.out/.err), and a record of it is appended to the owner's job list:
+
+    SCRATCH/sweeps/<id>/jobs.json         agents and retraining of a sweep
+    SCRATCH/pipelines/<id>/pipeline.json  the four stages of a pipeline ("stages")
+    SCRATCH/jobs/<id>/jobs.json           test/visualize arrays submitted on their own
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
+from inat import layout
 from inat.errors import InatError
+from inat.fsutil import read_json, write_json
+
+from .cluster import ClusterProfile, load_profile, make_executor
+
+log = logging.getLogger("inat")
+Call = tuple[Callable[..., Any], tuple]
+
+
+@dataclass
+class Submitted:
+    """One submission: a job, or an array whose tasks are <job_id>_<i>."""
+
+    stage: str
+    job_id: str
+    task_ids: list[str]
+    folder: str
+    cluster: str = "slurm"
+    submitted: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    dependency: str | None = None
+    # local runs: one state per task (COMPLETED/FAILED/SKIPPED) and the error of each failed one
+    states: list[str] | None = None
+    errors: list[str | None] | None = None
+    runs: list[str] | None = None  # the run directories the tasks work on, when known
+
+    def record(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def submit_calls(stage: str, calls: Sequence[Call], profile: ClusterProfile, folder: Path,
+                 dependency: str | None = None) -> Submitted:
+    """Submit `calls` as one Slurm array (or one job), with the profile's settings for `stage`."""
+    if not calls:
+        raise InatError(f"{stage}: nothing to submit")
+    executor = make_executor(profile.for_stage(stage), folder, f"inat-{stage}", dependency)
+    try:
+        with executor.batch():
+            jobs = [executor.submit(fn, *args) for fn, args in calls]
+    except Exception as exc:
+        raise InatError(f"submitting the {stage} job failed: {_sbatch_message(exc)}") from None
+    ids = [j.job_id for j in jobs]
+    array_id = ids[0].split("_")[0]
+    log.info("%s: submitted %s (%d task(s))", stage, array_id, len(ids))
+    return Submitted(stage, array_id, ids, str(folder), dependency=dependency)
+
+
+def run_calls(stage: str, calls: Sequence[Call], say: Callable[[str], None] = print) -> Submitted:
+    """Run `calls` one after another in this process: the `--cluster local` twin of submit_calls."""
+    states, errors = [], []
+    for i, (fn, args) in enumerate(calls):
+        try:
+            result = fn(*args)
+        except Exception as exc:  # keep going: one failed task must not hide the others' results
+            message = (str(exc).splitlines() or [type(exc).__name__])[0]
+            log.error("%s task %d failed: %s", stage, i, message, exc_info=not isinstance(exc, InatError))
+            states.append("FAILED")
+            errors.append(message)
+            continue
+        skipped = isinstance(result, dict) and result.get("status") == "skipped"
+        states.append("SKIPPED" if skipped else "COMPLETED")
+        errors.append(result.get("reason") if skipped else None)
+    say(f"{stage}: {len(calls)} task(s) in this process: " + _summary(states))
+    return Submitted(stage, "local", [f"local_{i}" for i in range(len(calls))], "", "local",
+                     states=states, errors=errors)
 
 
 def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, **options) -> list[str]:
-    """Submit `n_agents` sweep agents as one Slurm array job; return the job id(s)."""
-    raise InatError("Slurm submission is not available yet; use --cluster local")
+    """Submit `n_agents` sweep agents as one Slurm array job; return the task ids (<array>_<i>).
+
+    options: profile (ClusterProfile; default: $INAT_CLUSTER_PROFILE or Slurm's defaults),
+    dependency (an sbatch --dependency string).
+    """
+    from .tasks import AgentTask
+
+    sweep_dir = Path(sweep_dir)
+    profile = options.get("profile") or load_profile()
+    folder = layout.jobs_dir(sweep_dir.parent.parent) / sweep_dir.name / "agent"
+    calls = [(AgentTask(), (sweep_dir, i, trials_per_agent)) for i in range(n_agents)]
+    sub = submit_calls("agent", calls, profile, folder, options.get("dependency"))
+    add_records(sweep_dir / "jobs.json", [sub])
+    return sub.task_ids
+
+
+def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path],
+                 profile: ClusterProfile) -> tuple[str, Submitted]:
+    """Submit test/visualize tasks for given runs as one array; recorded in SCRATCH/jobs/<id>/jobs.json.
+
+    SCRATCH is the one the first run lives in (SCRATCH/runs/<run>), else the default scratch root.
+    """
+    first = Path(runs[0]).resolve()
+    scratch = first.parent.parent if first.parent.name == "runs" else layout.scratch_root()
+    group = layout.new_id(f"{stage}-")
+    folder = layout.jobs_dir(scratch) / group
+    sub = submit_calls(stage, calls, profile, folder / stage)
+    sub.runs = [str(Path(r).resolve()) for r in runs]
+    add_records(folder / "jobs.json", [sub])
+    return group, sub
+
+
+def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_path: Path | None,
+                 cluster_set: Sequence[str] | None, make_call: Callable[[Path], Call]) -> bool:
+    """For `test`/`visualize --cluster ...`: submit one array over `runs` and say so; False when the
+    work should run in this process instead (no --cluster, or it resolved to local)."""
+    from .cluster import resolve_cluster
+
+    if cluster is None or resolve_cluster(cluster) == "local":
+        return False
+    profile = load_profile(profile_path, cluster_set or [])
+    group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile)
+    print(f"{stage}: submitted job {sub.job_id} ({len(sub.task_ids)} task(s)): {', '.join(sub.task_ids)}")
+    print(f"watch:   inat-jobs status {group}")
+    return True
+
+
+def add_records(path: Path, subs: Sequence[Submitted]) -> None:
+    """Append submissions to a jobs.json list (created if missing)."""
+    records = read_json(path) if path.is_file() else []
+    write_json(path, records + [s.record() for s in subs])
+
+
+def _summary(states: list[str]) -> str:
+    counts = {s: states.count(s) for s in dict.fromkeys(states)}
+    return ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "none"
+
+
+def _sbatch_message(exc: Exception) -> str:
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "sbatch: error" in ln or "error:" in ln.lower():
+            return ln[ln.find("sbatch: error"):] if "sbatch: error" in ln else ln
+    return lines[0] if lines else type(exc).__name__

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole workflow on demo data on this machine: no account, no cluster, no internet needed.
-# Outputs land in ./scratch (override with INAT_SCRATCH).
+# The whole workflow on demo data on this machine, no account, cluster or internet needed:
+# a 6-trial sweep (2 agents), the best 2 configs retrained, tested, and their figures.
+# Outputs land in ./scratch (override with INAT_SCRATCH); W&B runs are written offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
@@ -8,7 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH" WANDB_MODE="${WANDB_MODE:-offline}"
 scratch="${INAT_SCRATCH:-$PWD/scratch}"
 data="$scratch/demo-data"
 [[ -d "$data/train" ]] || inat-jobs make-demo-data "$data"
-run_id="demo-$(date +%Y%m%d-%H%M%S)"
-inat-jobs train --data "$data" --config configs/train/demo.yaml --out "$scratch" --run-id "$run_id"
-inat-jobs test --run "$scratch/runs/$run_id"
-echo "done: $scratch/runs/$run_id"
+inat-jobs pipeline --sweep configs/sweeps/sweep_demo.yaml --agents 2 --trials-per-agent 3 --top-k 2 \
+    --data "$data" --out "$scratch" --cluster local --wait
+inat-jobs collect --out "$scratch" --dest "$scratch/results"
+echo "results: $scratch/results (full outputs: $scratch)"

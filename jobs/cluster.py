@@ -1,0 +1,307 @@
+"""Where jobs run: cluster profiles, the Slurm-or-local choice, and the one place executors are built.
+
+A cluster profile is a small YAML file (see configs/clusters/example.yaml):
+
+    partition: gpu          # sbatch --partition
+    account: proj123        # sbatch --account
+    qos: normal             # sbatch --qos
+    gpus: 1                 # sbatch --gpus-per-node
+    cpus: 8                 # sbatch --cpus-per-task
+    mem: 32                 # sbatch --mem, in GB
+    time: 240               # sbatch --time, in minutes
+    constraint: a100        # sbatch --constraint
+    extra: {mail-type: FAIL}  # any other sbatch option, verbatim
+    setup: [module load cuda/12.2]  # shell lines run before the job's python
+    python: apptainer exec --nv -B /scratch /images/inat.sif python  # the job's interpreter
+    max_timeouts: 3         # requeues a training job gets after time-outs/preemptions
+    signal_delay_s: 90      # seconds of warning (USR2) before the time limit, to save and requeue
+    array_parallelism: 64   # array tasks running at once
+    stages:                 # per-stage overrides of the keys above
+      test: {gpus: 0, time: 30}
+
+Every key and value is checked in `parse_profile`; a bad one is a one-line ConfigError naming it.
+`--cluster-set KEY=VALUE` on the command line overrides one key, with the same checks.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import typer
+
+from inat.config import load_yaml_mapping, parse_overrides
+from inat.errors import ConfigError
+
+STAGES = ("agent", "train", "test", "visualize")
+CLUSTERS = ("auto", "slurm", "local")
+PROFILE_ENV = "INAT_CLUSTER_PROFILE"
+PING_TIMEOUT_S = 5.0
+# sbatch options the submission layer owns; a profile's `extra` may not set them.
+RESERVED_SBATCH = {"array", "output", "error", "dependency", "open-mode", "signal", "job-name", "wckey"}
+
+ClusterOpt = typer.Option(
+    None, "--cluster", help="slurm: submit Slurm jobs; local: run on this machine; auto (default): Slurm "
+    "when sbatch is here and the controller answers, else local."
+)
+RunsClusterOpt = typer.Option(
+    None, "--cluster", help="Run as one Slurm array job, one task per run (slurm; auto: Slurm when "
+    "available). Default: in this process."
+)
+ProfileOpt = typer.Option(
+    None, "--profile", help=f"Cluster profile YAML (partition, time, gpus, ...; see "
+    f"configs/clusters/example.yaml). Default: ${PROFILE_ENV}, else Slurm's defaults."
+)
+ClusterSetOpt = typer.Option(
+    None, "--cluster-set", help="Override one cluster-profile key, e.g. --cluster-set time=30 "
+    "--cluster-set partition=gpu. Repeatable."
+)
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus: int | None = None
+    cpus: int | None = None
+    mem: float | None = None  # GB
+    time: int = 60  # minutes
+    constraint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    python: str | None = None
+    max_timeouts: int = 3
+    signal_delay_s: int = 90
+    array_parallelism: int = 64
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "cluster profile"
+
+    def for_stage(self, stage: str) -> "ClusterProfile":
+        """This profile with the `stages: {stage: {...}}` overrides applied (already validated)."""
+        return replace(self, **self.stages.get(stage, {}))
+
+
+# key -> (kind, constraint text); kind drives the checks in _check_value
+_KEYS: dict[str, tuple[str, str]] = {
+    "partition": ("name", "a partition name"),
+    "account": ("name", "an account name"),
+    "qos": ("name", "a QOS name"),
+    "gpus": ("int>=0", "an integer >= 0 (GPUs per node)"),
+    "cpus": ("int>=1", "an integer >= 1 (CPUs per task)"),
+    "mem": ("num>0", "a number > 0 (GB per node)"),
+    "time": ("int>=1", "an integer >= 1 (minutes)"),
+    "constraint": ("name", "a node feature expression"),
+    "extra": ("sbatch", "a mapping of sbatch option: value"),
+    "setup": ("lines", "a list of shell lines"),
+    "python": ("name", "a command that runs python, e.g. 'apptainer exec IMAGE python'"),
+    "max_timeouts": ("int>=0", "an integer >= 0"),
+    "signal_delay_s": ("int>=0", "an integer >= 0 (seconds)"),
+    "array_parallelism": ("int>=1", "an integer >= 1"),
+    "stages": ("stages", f"a mapping of stage ({', '.join(STAGES)}) to profile keys"),
+}
+assert set(_KEYS) == {f.name for f in fields(ClusterProfile)} - {"source"}
+
+
+def parse_profile(data: dict[str, Any], source: str, base: ClusterProfile | None = None) -> ClusterProfile:
+    """Validate a profile mapping (file or --cluster-set) on top of `base`; one-line errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of key: value, got {type(data).__name__}")
+    values = {k: _check_value(k, v, source) for k, v in data.items()}
+    base = base or ClusterProfile()
+    if "stages" in values:
+        values["stages"] = {**base.stages, **values["stages"]}
+    return replace(base, source=source, **values)
+
+
+def load_profile(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> ClusterProfile:
+    """Defaults <- profile file (--profile, else $INAT_CLUSTER_PROFILE) <- --cluster-set overrides."""
+    path = path or os.environ.get(PROFILE_ENV) or None
+    profile = ClusterProfile()
+    if path:
+        profile = parse_profile(load_yaml_mapping(path), str(path))
+    overrides = list(overrides or [])
+    if overrides:
+        pairs = parse_overrides(overrides)
+        profile = parse_profile(pairs, "--cluster-set", profile)
+    return profile
+
+
+def _check_value(key: str, value: Any, source: str, stage: str | None = None) -> Any:
+    where = f"stages.{stage}.{key}" if stage else key
+    if key not in _KEYS or (stage and key == "stages"):
+        known = sorted(k for k in _KEYS if not (stage and k == "stages"))
+        raise ConfigError(f"{source}: unknown key '{where}' (known keys: {', '.join(known)})")
+    kind, expected = _KEYS[key]
+
+    def bad(detail: str = "") -> ConfigError:
+        return ConfigError(f"{source}: key '{where}' = {value!r} is invalid; expected {expected}{detail}")
+
+    if kind == "name":
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+            raise bad()
+        return str(value).strip()
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        if value < int(kind[-1]):
+            raise bad()
+        return value
+    if kind == "num>0":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise bad()
+        return float(value)
+    if kind == "lines":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad()
+        return list(value)
+    if kind == "sbatch":
+        if not isinstance(value, dict):
+            raise bad()
+        out = {}
+        for name, v in value.items():
+            flag = str(name).strip().lstrip("-").replace("_", "-")
+            if flag in RESERVED_SBATCH:
+                raise bad(f"; '{name}' is set by inat-jobs itself")
+            if isinstance(v, (dict, list)) or v is None or not flag:
+                raise bad(f" ('{name}' needs a single value)")
+            out[flag.replace("-", "_")] = v  # submitit turns '_' back into '-'
+        return out
+    if kind == "stages":
+        if not isinstance(value, dict):
+            raise bad()
+        out = {}
+        for name, sub in value.items():
+            if name not in STAGES:
+                raise ConfigError(f"{source}: unknown stage 'stages.{name}' (stages: {', '.join(STAGES)})")
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{source}: key 'stages.{name}' must be a mapping of profile keys")
+            out[name] = {k: _check_value(k, v, source, stage=name) for k, v in sub.items()}
+        return out
+    raise AssertionError(kind)  # pragma: no cover
+
+
+# ---- Slurm or local ---------------------------------------------------------------------------------
+
+
+def slurm_available(timeout: float | None = None) -> tuple[bool, str]:
+    """Is there a Slurm controller to submit to? (sbatch on PATH and `scontrol ping` answers UP)."""
+    timeout = PING_TIMEOUT_S if timeout is None else timeout
+    if not shutil.which("sbatch"):
+        return False, "no sbatch on PATH"
+    if not shutil.which("scontrol"):
+        return False, "sbatch is here but scontrol is not"
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, f"the Slurm controller did not answer within {timeout:.0f} s"
+    except OSError as exc:
+        return False, f"scontrol ping failed ({exc})"
+    if out.returncode != 0 or " is UP" not in out.stdout:
+        first = (out.stdout.strip() or out.stderr.strip() or f"exit {out.returncode}").splitlines()[0]
+        return False, f"the Slurm controller is not up ({first})"
+    return True, "sbatch found and the controller answers"
+
+
+def resolve_cluster(choice: str | None, quiet: bool = False) -> str:
+    """'slurm' or 'local'. `auto` (or None) probes Slurm and says on stderr what it picked."""
+    choice = (choice or "auto").strip().lower()
+    if choice not in CLUSTERS:
+        raise ConfigError(f"--cluster {choice!r} is invalid; allowed: {', '.join(CLUSTERS)}")
+    if choice != "auto":
+        return choice
+    ok, why = slurm_available()
+    picked = "slurm" if ok else "local"
+    if not quiet:
+        print(f"cluster: {picked} ({why})", file=sys.stderr)
+    return picked
+
+
+# ---- executors -----------------------------------------------------------------------------------------
+
+
+def project_root() -> Path | None:
+    """The checkout `jobs` was imported from, when it is not an installed copy in site-packages.
+
+    Jobs run `python -m submitit.core._submit`, which must import this same `jobs` package; from a
+    source checkout that only works with the checkout on PYTHONPATH.
+    """
+    root = Path(__file__).resolve().parents[1]
+    if any(part in ("site-packages", "dist-packages") for part in root.parts):
+        return None
+    return root
+
+
+def slurm_parameters(profile: ClusterProfile, job_name: str, dependency: str | None = None) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters (its own names) for one submission."""
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "time": profile.time,
+        "signal_delay_s": profile.signal_delay_s,
+        "array_parallelism": profile.array_parallelism,
+    }
+    for key, name in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
+                      ("gpus", "gpus_per_node"), ("cpus", "cpus_per_task"), ("constraint", "constraint")):
+        value = getattr(profile, key)
+        if value is not None:
+            params[name] = value
+    if profile.mem is not None:
+        mem = profile.mem
+        params["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"
+    setup = list(profile.setup)
+    root = project_root()
+    in_container = bool(profile.python or os.environ.get("INAT_IMAGE"))
+    if root is not None and not in_container:  # a container brings its own installed copy
+        setup.insert(0, f"export PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}")
+    if setup:
+        params["setup"] = setup
+    if profile.extra:
+        params["additional_parameters"] = dict(profile.extra)
+    if dependency:
+        params["dependency"] = dependency
+    return params
+
+
+def job_python(profile: ClusterProfile) -> str:
+    """The job's interpreter: the profile's `python`, else $INAT_IMAGE's, else this one."""
+    if profile.python:
+        return profile.python
+    image = os.environ.get("INAT_IMAGE")
+    if image:
+        from inat import layout
+
+        binds = ",".join(filter(None, [str(layout.scratch_root()), os.environ.get("INAT_BIND")]))
+        return f"apptainer exec --nv -B {shlex.quote(binds)} {shlex.quote(image)} python"
+    return shlex.quote(sys.executable)
+
+
+def make_executor(profile: ClusterProfile, folder: Path, job_name: str, dependency: str | None = None):
+    """A submitit SlurmExecutor for one submission (one job or one array) of a stage."""
+    from submitit import SlurmExecutor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        executor = SlurmExecutor(folder, max_num_timeout=profile.max_timeouts, python=job_python(profile))
+    except RuntimeError as exc:  # no srun on this machine
+        raise ConfigError(f"--cluster slurm: {exc}") from None
+    executor.update_parameters(**slurm_parameters(profile, job_name, dependency))
+    return executor
+
+
+def sbatch_text(profile: ClusterProfile, stage: str, folder: Path, n_tasks: int = 1,
+                dependency: str | None = None) -> str:
+    """The sbatch script submitit writes for one submission of `stage` (for review and golden tests)."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    prof = profile.for_stage(stage)
+    params = slurm_parameters(prof, f"inat-{stage}", dependency)
+    if n_tasks > 1:
+        params["map_count"] = n_tasks
+    command = " ".join([job_python(prof), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return _make_sbatch_string(command=command, folder=folder, **params)

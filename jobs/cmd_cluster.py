@@ -1,0 +1,236 @@
+"""Cluster commands: retrain-best, pipeline, status, collect. The work is in pipeline/submit/collect."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from inat import layout
+from inat.config import RunConfig
+from inat.errors import ConfigError, InatError
+from inat.sweep import load_sweep
+
+from . import jobstate
+from .cli import app
+from .cluster import ClusterOpt, ClusterSetOpt, ProfileOpt, load_profile, resolve_cluster
+from .cmd_run import DataOpt, OutOpt, SetOpt
+
+TopKOpt = typer.Option(1, "--top-k", "-k", help="Retrain the K best finished trials of the sweep.")
+SeedsOpt = typer.Option(
+    1, "--seeds", help="Seeds per config (seed 0..S-1; the seed also draws the train/val split)."
+)
+EpochsOpt = typer.Option(None, "--epochs", help="Epochs for retraining (default: the trial's).")
+WaitOpt = typer.Option(False, "--wait", help="Block until the jobs end; exit 1 if one failed.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout.")
+
+
+def _check_counts(top_k: int, seeds: int, epochs: Optional[int]) -> None:
+    for flag, value in (("--top-k", top_k), ("--seeds", seeds), ("--epochs", epochs)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: expected an integer >= 1")
+
+
+@app.command("retrain-best")
+def retrain_best(
+    sweep_id: str = typer.Option(..., "--sweep-id", help="Sweep id (a directory under SCRATCH/sweeps/)."),
+    top_k: int = TopKOpt,
+    seeds: int = SeedsOpt,
+    epochs: Optional[int] = EpochsOpt,
+    out: Optional[Path] = OutOpt,
+    cluster: Optional[str] = ClusterOpt,
+    profile: Optional[Path] = ProfileOpt,
+    cluster_set: Optional[List[str]] = ClusterSetOpt,
+    wait: bool = WaitOpt,
+) -> None:
+    """Retrain the sweep's top-K configs x S seeds as one array job, into runs/<sweep_id>-best<k>-seed<s>/."""
+    from inat.sweep import best_configs
+
+    from .submit import add_records, run_calls, submit_calls
+    from .tasks import TrainTask, retrain_name, retrain_plan, write_origin
+
+    _check_counts(top_k, seeds, epochs)
+    sw = load_sweep(layout.scratch_root(out), sweep_id)
+    where = resolve_cluster(cluster)
+    prof = load_profile(profile, cluster_set or [])
+    best = best_configs(sw.dir, top_k)
+    if not best:
+        raise InatError(f"sweep {sw.id} has no finished trial yet; see `inat-jobs sweep-status {sw.id}`")
+    if len(best) < top_k:
+        typer.echo(f"warning: sweep {sw.id} has only {len(best)} finished trial(s); retraining those",
+                   err=True)
+    runs_root = layout.runs_dir(sw.scratch_root)
+    calls, runs = [], []
+    for rank, seed in retrain_plan(len(best), seeds):
+        trial, cfg, val_acc = best[rank - 1]
+        cfg = cfg.replace(seed=seed, **({"epochs": epochs} if epochs else {}))
+        run_dir = runs_root / retrain_name(sw.id, rank, seed)
+        _check_resumable(run_dir, cfg)
+        write_origin(run_dir, sw.id, trial, rank, seed, val_acc)
+        calls.append((TrainTask(), (cfg, run_dir, Path(sw.data_root))))
+        runs.append(run_dir)
+        typer.echo(f"rank {rank} (trial {trial}, val_accuracy {val_acc:.4f}) seed {seed} -> {run_dir}")
+    if where == "local":
+        sub = run_calls("train", calls, typer.echo)
+    else:
+        sub = submit_calls("train", calls, prof, layout.jobs_dir(sw.scratch_root) / sw.id / "train")
+        typer.echo(f"submitted array job {sub.job_id}: {', '.join(sub.task_ids)}")
+    sub.runs = [str(r) for r in runs]
+    add_records(sw.dir / "jobs.json", [sub])
+    rows = jobstate.task_rows([sub.record()])
+    if where == "slurm":
+        typer.echo(f"watch:   inat-jobs status {sw.id}")
+        if wait:
+            rows = jobstate.wait_for([sub.record()], say=typer.echo)
+    if jobstate.failed(rows):
+        raise typer.Exit(1)
+
+
+def _check_resumable(run_dir: Path, cfg: RunConfig) -> None:
+    saved = run_dir / "config.yaml"
+    if saved.is_file() and RunConfig.load(saved) != cfg:
+        raise InatError(f"{run_dir} already holds a retraining with other settings (e.g. --epochs); "
+                        "move it away to retrain with these")
+
+
+@app.command()
+def pipeline(
+    sweep: Path = typer.Option(
+        ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_demo.yaml."
+    ),
+    agents: int = typer.Option(..., "--agents", "-n", help="Number of sweep agents."),
+    trials_per_agent: Optional[int] = typer.Option(
+        None, "--trials-per-agent", "-m",
+        help="Trials each agent runs (default: until run_cap / the grid ends the sweep).",
+    ),
+    backend: str = typer.Option(
+        "local", "--backend", help="local: Optuna on scratch storage; wandb: W&B's server."
+    ),
+    data: Path = DataOpt,
+    out: Optional[Path] = OutOpt,
+    set_: Optional[List[str]] = SetOpt,
+    storage: Optional[str] = typer.Option(
+        None, "--storage", help="Optuna RDB URL instead of the journal file."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed."),
+    top_k: int = TopKOpt,
+    seeds: int = SeedsOpt,
+    epochs: Optional[int] = EpochsOpt,
+    what: str = typer.Option(
+        "grid,filters,guided,confusion", "--what", "-w", help="Figures per retrained run."
+    ),
+    cluster: Optional[str] = ClusterOpt,
+    profile: Optional[Path] = ProfileOpt,
+    cluster_set: Optional[List[str]] = ClusterSetOpt,
+    wait: bool = WaitOpt,
+    json_: bool = typer.Option(
+        False, "--json", help="Print one JSON object {sweep_id, job_ids, out, ...} only."
+    ),
+) -> None:
+    """Sweep -> retrain the top K x S seeds -> test -> figures. On Slurm: four chained array jobs, submitted
+    at once; with --cluster local: the same stages, one after another, on this machine."""
+    from . import pipeline as pl
+    from .cmd_sweep import create_sweep
+    from .tasks import parse_figures
+
+    _check_counts(top_k, seeds, epochs)
+    figures = parse_figures(what)
+    where = resolve_cluster(cluster)
+    prof = load_profile(profile, cluster_set or [])
+    sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)
+    options = {"agents": agents, "trials_per_agent": trials_per_agent, "top_k": top_k, "seeds": seeds,
+               "epochs": epochs, "what": figures}
+    say = (lambda m: print(m, file=sys.stderr)) if json_ else typer.echo
+    say(f"pipeline {sw.id}: {agents} agent(s) on a {spec.method} sweep, then top {top_k} x {seeds} seed(s)")
+    if where == "slurm":
+        try:
+            record = pl.submit_pipeline(sw, prof, options)
+        except BaseException:
+            shutil.rmtree(sw.dir, ignore_errors=True)
+            raise
+        for stage in record["stages"]:
+            after = f" after {stage['dependency']}" if stage.get("dependency") else ""
+            say(f"{stage['stage']:<10} job {stage['job_id']} ({len(stage['task_ids'])} task(s)){after}")
+        rows = jobstate.wait_for(record["stages"], say=say) if wait else []
+    else:
+        record = pl.run_local(sw, options, say, quiet_stdout=json_)
+        rows = jobstate.task_rows(record["stages"])
+        say(f"states: {jobstate.summary(rows)}")
+    pdir = pl.pipeline_dir(sw.scratch_root, sw.id)
+    say(f"record:  {pdir / 'pipeline.json'}; runs: {', '.join(record['runs'])}")
+    say(f"status:  inat-jobs status {sw.id}" + (f" --out {sw.scratch_root}" if out else ""))
+    say(f"collect: inat-jobs collect {sw.id} --dest results/" + (f" --out {sw.scratch_root}" if out else ""))
+    if json_:
+        typer.echo(json.dumps({"sweep_id": sw.id, "pipeline_id": sw.id, "cluster": where,
+                               "job_ids": pl.job_ids(record), "out": str(pdir), "runs": record["runs"]}))
+    if jobstate.failed(rows):
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    ident: Optional[str] = typer.Argument(None, help="Pipeline or sweep id (default: list the recent ones)."),
+    out: Optional[Path] = OutOpt,
+    json_: bool = JsonOpt,
+) -> None:
+    """The jobs of a pipeline or sweep and their states (from sacct); without an id, the recent ones."""
+    from .collect import recent, resolve
+
+    scratch = layout.scratch_root(out)
+    if ident is None:
+        targets = [resolve(scratch, item["id"]) for item in recent(scratch)]
+        rows = jobstate.task_rows([r for t in targets for r in t.records])  # one sacct call for all
+        listing = []
+        for t in targets:
+            ids = {task for rec in t.records for task in rec["task_ids"]}
+            listing.append({"id": t.id, "kind": t.kind,
+                            "states": jobstate.summary([r for r in rows if r["JobID"] in ids])})
+        if json_:
+            typer.echo(json.dumps(listing))
+            return
+        if not targets:
+            typer.echo(f"nothing under {scratch} yet (pipelines/, sweeps/)")
+        for item in listing:
+            typer.echo(f"{item['id']:<24} {item['kind']:<9} {item['states']}")
+        return
+    target = resolve(scratch, ident)
+    rows = jobstate.task_rows(target.records)
+    if json_:
+        typer.echo(json.dumps({"id": target.id, "kind": target.kind, "jobs": rows,
+                               "runs": [str(r) for r in target.runs]}))
+        return
+    typer.echo(f"{target.kind} {target.id}: {jobstate.summary(rows)}")
+    typer.echo(f"{'stage':<10} {'JobID':<14} {'JobName':<16} {'State':<14} {'Elapsed':<10} ExitCode")
+    for r in rows:
+        note = f"  {r['Error']}" if r.get("Error") else ""
+        typer.echo(f"{r['stage']:<10} {r['JobID']:<14} {r['JobName']:<16} {r['State']:<14} "
+                   f"{r['Elapsed']:<10} {r['ExitCode']}{note}")
+    for run in target.runs:
+        typer.echo(f"run: {run}")
+
+
+@app.command()
+def collect(
+    ident: Optional[str] = typer.Argument(None, help="Pipeline or sweep id (default: the most recent one)."),
+    dest: Path = typer.Option(
+        ..., "--dest", help="Directory to copy into (DEST/<id>/), or a file ending in .tar.gz."
+    ),
+    out: Optional[Path] = OutOpt,
+) -> None:
+    """Copy results off scratch: models, test metrics, figures, sweep table, configs, histories, logs of
+    failed jobs; never checkpoints. Safe to repeat."""
+    from .collect import collect as do_collect
+    from .collect import recent, resolve
+
+    scratch = layout.scratch_root(out)
+    if ident is None:
+        items = recent(scratch, 1)
+        if not items:
+            raise InatError(f"nothing to collect under {scratch} (no pipelines/ or sweeps/ yet)")
+        ident = items[0]["id"]
+    written = do_collect(resolve(scratch, ident), dest)
+    typer.echo(f"collected {ident} into {written}")

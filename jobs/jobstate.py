@@ -1,0 +1,120 @@
+"""Job states from Slurm's accounting (`sacct`), per array task, for `status`, `collect` and `--wait`.
+
+`sacct` is the source of truth because finished jobs leave `squeue` within seconds; submitit's
+cached `job.state` is not consulted. Local (in-process) stages carry their states in their record.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from typing import Any, Iterable
+
+from inat.errors import InatError
+
+FIELDS = ("JobID", "JobName", "State", "Elapsed", "ExitCode")
+DONE_OK = {"COMPLETED", "SKIPPED"}
+TERMINAL = DONE_OK | {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                      "BOOT_FAIL", "DEADLINE", "REVOKED"}
+_PENDING_ARRAY = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
+
+
+def sacct(job_ids: Iterable[str], timeout: float = 30) -> dict[str, dict[str, str]]:
+    """{task id: {JobID, JobName, State, Elapsed, ExitCode}}; pending arrays are expanded per task."""
+    ids = sorted({str(j).split("_")[0] for j in job_ids if str(j) and str(j)[0].isdigit()})
+    if not ids:
+        return {}
+    if not shutil.which("sacct"):
+        raise InatError("sacct not found: job states need Slurm's accounting (run this on a login node)")
+    try:
+        out = subprocess.run(["sacct", "-j", ",".join(ids), "-X", "-n", "-P", "-o", ",".join(FIELDS)],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise InatError(f"sacct did not answer within {timeout:.0f} s") from None
+    if out.returncode != 0:
+        first = (out.stderr.strip() or f"exit {out.returncode}").splitlines()[0]
+        raise InatError(f"sacct failed: {first}")
+    rows: dict[str, dict[str, str]] = {}
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) != len(FIELDS):
+            continue
+        row = dict(zip(FIELDS, parts))
+        row["State"] = row["State"].split()[0]  # "CANCELLED by 0" -> "CANCELLED"
+        match = _PENDING_ARRAY.match(row["JobID"])
+        if match:
+            for task in _expand(match.group(2)):
+                rows[f"{match.group(1)}_{task}"] = {**row, "JobID": f"{match.group(1)}_{task}"}
+        else:
+            rows[row["JobID"]] = row
+    return rows
+
+
+def _expand(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def task_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per task of every record: stage, JobID, JobName, State, Elapsed, ExitCode."""
+    slurm_ids = [t for r in records if r.get("cluster", "slurm") == "slurm" for t in r["task_ids"]]
+    found = sacct(slurm_ids) if slurm_ids else {}
+    rows = []
+    for rec in records:
+        for i, task in enumerate(rec["task_ids"]):
+            if rec.get("cluster", "slurm") == "slurm":
+                row = found.get(task) or {"JobID": task, "JobName": f"inat-{rec['stage']}",
+                                          "State": "SUBMITTED", "Elapsed": "", "ExitCode": ""}
+            else:
+                states, errors = rec.get("states") or [], rec.get("errors") or []
+                row = {"JobID": task, "JobName": f"inat-{rec['stage']}",
+                       "State": states[i] if i < len(states) else "PENDING", "Elapsed": "", "ExitCode": "",
+                       "Error": errors[i] if i < len(errors) and errors[i] else ""}
+            rows.append({"stage": rec["stage"], **row, "index": i, "folder": rec.get("folder", "")})
+    return rows
+
+
+def summary(rows: list[dict[str, str]]) -> str:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["State"]] = counts.get(r["State"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in counts.items()) or "no jobs"
+
+
+def all_done(rows: list[dict[str, str]]) -> bool:
+    return all(r["State"] in TERMINAL for r in rows)
+
+
+def failed(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [r for r in rows if r["State"] in TERMINAL - DONE_OK]
+
+
+def wait_for(records: list[dict[str, Any]], poll_s: float = 5.0, timeout_s: float | None = None,
+             say=print) -> list[dict[str, str]]:
+    """Poll until every task of `records` has ended; returns the final rows."""
+    start = time.monotonic()
+    last = ""
+    while True:
+        rows = task_rows(records)
+        text = summary(rows)
+        if text != last:
+            say(f"[{time.monotonic() - start:5.0f} s] {text}")
+            last = text
+        if all_done(rows):
+            return rows
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise InatError(f"jobs still running after {timeout_s:.0f} s: {text}")
+        time.sleep(poll_s)
+
+
+def cancel(records: list[dict[str, Any]]) -> None:
+    """Best effort: scancel the Slurm jobs of `records` (used when a later submission fails)."""
+    ids = sorted({r["job_id"] for r in records if r.get("cluster", "slurm") == "slurm"})
+    if ids and shutil.which("scancel"):
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)

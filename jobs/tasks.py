@@ -1,0 +1,283 @@
+"""The functions Slurm jobs run. They live in the installed package so that a node can unpickle them.
+
+Each takes typed values (RunConfig, paths) and calls the library; none of them knows whether it runs
+under Slurm, in a local process, or in-process. Training work is `submitit.helpers.Checkpointable`:
+on a time-out or preemption signal submitit calls `checkpoint()`, which resubmits the same call, and
+Slurm requeues the job. Since `inat.train.train` resumes a run directory at its last finished epoch and
+a sweep agent resumes its own unfinished trial (by agent id), re-calling is all a restart needs.
+
+Deterministic names let later pipeline stages find the runs of earlier ones without talking to them:
+
+    SCRATCH/runs/<sweep_id>-best<k>-seed<s>/   retrained config of rank k (1 = best), seed s
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from inat.config import RunConfig
+from inat.fsutil import read_json, write_json
+
+log = logging.getLogger("inat")
+# inat.visualize.WHAT, repeated so that submitting does not import TensorFlow (a test keeps them equal)
+FIGURES = ("grid", "filters", "guided", "confusion")
+
+
+# ---- names -----------------------------------------------------------------------------------------
+
+
+def retrain_name(sweep_id: str, rank: int, seed: int) -> str:
+    return f"{sweep_id}-best{rank}-seed{seed}"
+
+
+def retrain_plan(top_k: int, seeds: int) -> list[tuple[int, int]]:
+    """Array index -> (rank 1..K, seed 0..S-1), ranks outer: index = (rank - 1) * S + seed."""
+    return [(rank, seed) for rank in range(1, top_k + 1) for seed in range(seeds)]
+
+
+def retrain_dirs(runs_root: Path, sweep_id: str, top_k: int, seeds: int) -> list[Path]:
+    return [runs_root / retrain_name(sweep_id, r, s) for r, s in retrain_plan(top_k, seeds)]
+
+
+def parse_figures(what: str) -> list[str]:
+    """`--what grid,confusion` -> ["grid", "confusion"], checked against FIGURES, one-line error."""
+    from inat.errors import ConfigError
+
+    names = list(dict.fromkeys(w.strip().lower() for w in what.split(",") if w.strip()))
+    unknown = [w for w in names if w not in FIGURES]
+    if unknown or not names:
+        raise ConfigError(f"--what {what}: unknown figure {unknown[0] if unknown else '(none)'!r}; "
+                          f"choose from {','.join(FIGURES)}")
+    return names
+
+
+def agent_id(index: int) -> str:
+    """Stable per array task, so a requeued agent resumes its own trial (same name as local agents)."""
+    return f"agent-{index}"
+
+
+# ---- bookkeeping ---------------------------------------------------------------------------------------
+
+
+def record_attempt(path: Path, outcome: str | None = None) -> None:
+    """Append this start (or set the last start's outcome) in PATH, a JSON list of attempts.
+
+    A requeued job keeps its job id; SLURM_RESTART_COUNT says which attempt this is.
+    """
+    attempts = read_json(path) if path.is_file() else []
+    if outcome is None:
+        attempts.append({
+            "slurm_job_id": _slurm_job_id(),
+            "restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0),
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "outcome": "running",
+        })
+    elif attempts:
+        attempts[-1].update(outcome=outcome, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_json(path, attempts)
+
+
+def _slurm_job_id() -> str | None:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+class _Recorded(Checkpointable):
+    """A checkpointable task that notes each attempt and its end in `self._attempts` (a JSON file)."""
+
+    _attempts: Path | None = None
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        # In a container the signal can come twice (srun and apptainer both forward it): log once.
+        if self._attempts is not None and not getattr(self, "_signalled", False):
+            self._signalled = True
+            record_attempt(self._attempts, "signalled (time-out or preemption): requeued")
+            log.warning("time-out or preemption signal: requeueing; the run resumes at its last "
+                        "finished epoch")
+        return super().checkpoint(*args, **kwargs)
+
+    def _run(self, attempts: Path, fn, *args, **kwargs):
+        self._attempts, self._signalled = attempts, False
+        record_attempt(attempts)
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:
+            record_attempt(attempts, f"failed: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
+            raise
+        record_attempt(attempts, "completed")
+        return result
+
+
+# ---- training ------------------------------------------------------------------------------------------
+
+
+class TrainTask(_Recorded):
+    """Train `cfg` into `run_dir` (resuming it). `epoch_delay_s` sleeps at the start of every epoch:
+    a knob for tests that need a job to outlive its time limit; leave it 0."""
+
+    def __call__(self, cfg: RunConfig, run_dir: Path, data_root: Path | None,
+                 epoch_delay_s: float = 0.0) -> dict:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, data_root, epoch_delay_s)
+
+
+class RetrainTask(_Recorded):
+    """Pipeline retraining: array task `index` looks up its (config, seed) when it starts, because the
+    sweep had not finished when the pipeline was submitted. Fewer finished trials than K: the extra
+    tasks skip. A requeued task reuses the config already saved in its run directory."""
+
+    def __call__(self, sweep_dir: Path, runs_root: Path, index: int, top_k: int, seeds: int,
+                 epochs: int | None = None) -> dict:
+        from inat.sweep import load_sweep
+
+        sweep_dir = Path(sweep_dir)
+        sweep = load_sweep(sweep_dir.parent.parent, sweep_dir.name)
+        rank, seed = retrain_plan(top_k, seeds)[index]
+        run_dir = Path(runs_root) / retrain_name(sweep.id, rank, seed)
+        if (run_dir / "config.yaml").is_file():
+            cfg = RunConfig.load(run_dir / "config.yaml")
+        else:
+            picked = pick_config(sweep_dir, rank, seed, epochs)
+            if picked is None:
+                log.warning("sweep %s has fewer than %d finished trials: nothing to retrain for rank %d",
+                            sweep.id, rank, rank)
+                return _skipped(run_dir, f"no finished trial of rank {rank}")
+            trial, cfg, val_acc = picked
+            write_origin(run_dir, sweep.id, trial, rank, seed, val_acc)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0)
+
+
+def pick_config(sweep_dir: Path, rank: int, seed: int,
+                epochs: int | None) -> tuple[str, RunConfig, float] | None:
+    """The sweep's rank-th best finished trial as (trial, retraining config, its sweep val_accuracy)."""
+    from inat.sweep import best_configs
+
+    best = best_configs(sweep_dir, rank)
+    if len(best) < rank:
+        return None
+    trial, cfg, val_acc = best[rank - 1]
+    changes: dict[str, Any] = {"seed": seed}
+    if epochs:
+        changes["epochs"] = epochs
+    return trial, cfg.replace(**changes), val_acc
+
+
+def write_origin(run_dir: Path, sweep_id: str, trial: str, rank: int, seed: int,
+                 val_acc: float | None) -> None:
+    write_json(run_dir / "retrain.json", {"sweep_id": sweep_id, "trial": trial, "rank": rank, "seed": seed,
+                                          "sweep_val_accuracy": val_acc})
+
+
+def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s: float) -> dict:
+    from inat.train import train
+
+    callbacks = [_delay_callback(epoch_delay_s)] if epoch_delay_s > 0 else []
+    result = train(cfg, run_dir, data_root, callbacks=callbacks, verbose=2)
+    return {"run_dir": str(run_dir), "status": result.status, "epochs_done": result.epochs_done,
+            "best_val_accuracy": result.best_val_accuracy}
+
+
+def _delay_callback(seconds: float):
+    import keras
+
+    class EpochDelay(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            time.sleep(seconds)
+
+    return EpochDelay()
+
+
+# ---- sweep agents -------------------------------------------------------------------------------------
+
+
+class AgentTask(_Recorded):
+    """One sweep agent. A requeued agent keeps its id, so it resumes its unfinished trial and then runs
+    only the trials its count has left."""
+
+    def __call__(self, sweep_dir: Path, index: int, trials: int | None) -> dict:
+        from inat.sweep import load_sweep
+
+        sweep_dir = Path(sweep_dir)
+        sweep = load_sweep(sweep_dir.parent.parent, sweep_dir.name)
+        name = agent_id(index)
+        sweep.agents_dir.mkdir(parents=True, exist_ok=True)
+        return self._run(sweep.agents_dir / f"{name}.attempts.json", _agent, sweep, name, trials)
+
+
+def _agent(sweep, name: str, trials: int | None) -> dict:
+    if sweep.backend == "wandb":
+        from inat import sweep_wandb
+
+        sweep_wandb.run_agent(sweep, trials)
+        return {"agent_id": name, "backend": "wandb"}
+    from inat.sweep_local import run_agent
+
+    left = trials
+    if trials is not None:
+        left = trials - trials_finished_by(sweep, name)
+        if left <= 0:
+            return {"agent_id": name, "trials": [], "stop_reason": "count reached before the requeue"}
+    return run_agent(sweep, name, left)
+
+
+def trials_finished_by(sweep, name: str) -> int:
+    """Trials this agent id already took to an end (finished, pruned or failed) in earlier attempts."""
+    from optuna.trial import TrialState
+
+    from inat.sweep_local import open_study
+
+    study = open_study(sweep, sweep.spec(), name)
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if t.user_attrs.get("agent") == name)
+
+
+# ---- test and figures ----------------------------------------------------------------------------------
+
+
+def evaluate_run(run_dir: Path, data_root: Path | None = None, batch_size: int | None = None,
+             missing_ok: bool = False) -> dict:
+    """`inat-jobs test` for one run. missing_ok: a pipeline run that retraining skipped is not an error."""
+    if missing_ok and not Path(run_dir).exists():
+        return _skipped(run_dir, NO_RUN)
+    from inat.evaluate import evaluate
+
+    metrics = evaluate(run_dir, data_root, batch_size)
+    return {"run_dir": str(run_dir), "status": "completed", "accuracy": metrics["accuracy"],
+            "n": metrics["n"]}
+
+
+def visualize_run(run_dir: Path, what: list[str], data_root: Path | None = None, seed: int = 0,
+                  max_images: int = 200, pdf: bool = True, missing_ok: bool = False) -> dict:
+    """`inat-jobs visualize` for one run: RUN/figures/."""
+    if missing_ok and not Path(run_dir).exists():
+        return _skipped(run_dir, NO_RUN)
+    from inat.visualize import visualize
+
+    paths = visualize(run_dir, what, data_root, seed=seed, max_images=max_images, pdf=pdf)
+    return {"run_dir": str(run_dir), "status": "completed", "figures": [str(p) for p in paths]}
+
+
+NO_RUN = "no such run (fewer finished trials than K)"
+
+
+def _skipped(run_dir: Path, reason: str) -> dict:
+    """A task with nothing to do: it ends COMPLETED for Slurm and shows as SKIPPED in local records."""
+    return {"run_dir": str(run_dir), "status": "skipped", "reason": reason}
+
+
+def sweep_report(sweep_dir: Path) -> dict:
+    """SWEEP/trials.csv and the sweep plots (the pipeline's last stage, beside the run figures)."""
+    from inat.sweep_report import sweep_report as report
+
+    return {"sweep_dir": str(sweep_dir), "status": "completed", "files": [str(p) for p in report(sweep_dir)]}

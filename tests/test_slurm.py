@@ -1,0 +1,157 @@
+"""On a real Slurm cluster (CI starts one with scripts/slurm/setup-cluster.sh): a sweep as an array
+job, the whole pipeline chained by dependencies, a training job that outlives its time limit and is
+requeued, and the plain sbatch scripts. Skipped on a laptop without Slurm; failing under CI=true.
+
+Jobs run as the submitting user on this machine's filesystem, so pytest's tmp_path works as scratch.
+The jobs import this checkout: the executor exports its path (jobs.cluster.project_root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, require, run_cli
+from inat.fsutil import read_json
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
+TINY_SET = ["--set", "epochs=2", "--set", "image_size=32", "--set", "filt_org=[8,8,8,8,8]", "--set",
+            "num_dense=16", "--set", "batch_size=32"]
+SWEEP = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
+         "parameters:\n  learning_rate: {values: [0.01, 0.003]}\n  dropout: {values: [0.0, 0.2]}\n")
+ENV = {"INAT_CLUSTER_PROFILE": str(CI_PROFILE), "WANDB_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    from jobs.cluster import slurm_available
+
+    ok, why = slurm_available(timeout=10)
+    require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
+
+
+def sacct_rows(job_id: str, duplicates: bool = False) -> list[list[str]]:
+    cmd = ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "JobID,JobName,State"] + (["-D"] if duplicates else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def wait_jobs(task_ids: list[str], limit_s: float) -> list[dict]:
+    from jobs import jobstate
+
+    record = {"stage": "x", "task_ids": task_ids, "cluster": "slurm"}
+    return jobstate.wait_for([record], poll_s=3, timeout_s=limit_s, say=lambda *_: None)
+
+
+def test_launch_sweep_runs_agents_as_one_array_job(tmp_path, demo_data):
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    scratch = tmp_path / "scratch"
+    result = run_cli("launch-sweep", "--sweep", str(tmp_path / "s.yaml"), "--agents", "2", "--trials-per-agent", "2",
+                     "--data", str(demo_data), "--out", str(scratch), *TINY_SET, "--json", env=ENV)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    array = out["job_ids"][0].split("_")[0]
+    assert out["job_ids"] == [f"{array}_0", f"{array}_1"]
+    assert "cluster: slurm" in result.stderr
+    rows = wait_jobs(out["job_ids"], 240)
+    assert [r["State"] for r in rows] == ["COMPLETED", "COMPLETED"], rows
+    assert sorted(r[0] for r in sacct_rows(array)) == [f"{array}_0", f"{array}_1"]
+
+    status = run_cli("sweep-status", out["sweep_id"], "--out", str(scratch), "--json")
+    trials = json.loads(status.stdout)["trials"]
+    assert len(trials) == 4 and {t["agent"] for t in trials} == {"agent-0", "agent-1"}
+    assert all(t["state"] == "finished" for t in trials)
+    listed = run_cli("status", out["sweep_id"], "--out", str(scratch), "--json")
+    assert [(r["stage"], r["JobID"], r["State"]) for r in json.loads(listed.stdout)["jobs"]] == [
+        ("agent", f"{array}_0", "COMPLETED"), ("agent", f"{array}_1", "COMPLETED")]
+
+
+def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    scratch = tmp_path / "scratch"
+    start = time.monotonic()
+    result = run_cli("pipeline", "--sweep", str(tmp_path / "s.yaml"), "--agents", "2", "--trials-per-agent", "1",
+                     "--data", str(demo_data), "--out", str(scratch), *TINY_SET, "--top-k", "1", "--seeds", "1",
+                     "--cluster", "slurm", "--json", env=ENV)
+    submit_s = time.monotonic() - start
+    assert result.returncode == 0, result.stderr
+    assert submit_s < 30, f"submitting took {submit_s:.0f} s"
+    out = json.loads(result.stdout)
+    ids = out["job_ids"]
+    assert [len(ids[s]) for s in ("agent", "train", "test", "visualize")] == [2, 1, 1, 2]
+    record = read_json(Path(out["out"]) / "pipeline.json")
+    deps = [s.get("dependency") for s in record["stages"]]
+    assert deps == [None] + [f"afterany:{s['job_id']}" for s in record["stages"][:-1]]
+
+    rows = wait_jobs([t for s in ids.values() for t in s], 300)
+    assert all(r["State"] == "COMPLETED" for r in rows), rows
+    run = Path(out["runs"][0])
+    assert read_json(run / "test_metrics.json")["n"] == 60
+    assert (run / "figures" / "confusion_matrix.png").is_file() and (run / "figures" / "predictions.png").is_file()
+    assert (scratch / "sweeps" / out["sweep_id"] / "trials.csv").is_file()
+
+    dest = tmp_path / "results"
+    assert run_cli("collect", out["sweep_id"], "--dest", str(dest), "--out", str(scratch)).returncode == 0
+    got = dest / out["sweep_id"]
+    assert (got / "runs" / run.name / "test_metrics.json").is_file() and not list(got.rglob("checkpoint"))
+
+    # retrain-best on the same sweep, a second seed: seed 0 is already done (its task just resumes)
+    more = run_cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--seeds", "2",
+                   "--cluster", "slurm", "--wait", env=ENV)
+    assert more.returncode == 0, more.stdout + more.stderr
+    assert (scratch / "runs" / f"{out['sweep_id']}-best1-seed1" / "model.keras").is_file()
+    jobs = json.loads(run_cli("status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["jobs"]
+    assert [r["stage"] for r in jobs].count("train") == 3 and {r["State"] for r in jobs} == {"COMPLETED"}
+
+    # what submitit wrote is what sbatch_text (and so the golden files) describe
+    from jobs.cluster import load_profile, sbatch_text
+
+    folder = Path(record["stages"][1]["folder"])
+    written = (folder / f"{ids['train'][0]}_submission.sh").read_text()
+    expected = sbatch_text(load_profile(CI_PROFILE), "train", folder, 1, record["stages"][1]["dependency"])
+    assert written == expected
+
+
+def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_data, tiny_cfg):
+    """timeout 2 min, signal 30 s before it (Slurm may signal up to a minute early): 6 epochs of ~15 s
+    cannot fit one allocation, so the job is signalled, requeued, and resumes at its last epoch."""
+    from jobs import jobstate
+    from jobs.cluster import load_profile
+    from jobs.submit import submit_calls
+    from jobs.tasks import TrainTask
+
+    cfg = tiny_cfg.replace(epochs=6)
+    run = tmp_path / "run"
+    profile = load_profile(CI_PROFILE, ["time=2", "signal_delay_s=30"])
+    sub = submit_calls("train", [(TrainTask(), (cfg, run, demo_data, 14.0))], profile, tmp_path / "jobs")
+    rows = jobstate.wait_for([sub.record()], poll_s=3, timeout_s=420, say=lambda *_: None)
+    assert rows[0]["State"] == "COMPLETED", rows
+
+    epochs = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3", "4", "5", "6"]  # every epoch exactly once
+    attempts = read_json(run / "attempts.json")
+    assert len(attempts) >= 2 and attempts[-1]["outcome"] == "completed"
+    assert all(a["outcome"].startswith("signalled") for a in attempts[:-1])
+    assert [a["restart"] for a in attempts] == list(range(len(attempts)))
+    states = [r[2] for r in sacct_rows(sub.job_id, duplicates=True)]
+    assert states.count("REQUEUED") == len(attempts) - 1 and states[-1] == "COMPLETED"
+    assert read_json(run / "run.json")["status"] == "completed"
+
+
+def test_plain_sbatch_test_script(tmp_path, trained_run):
+    """`sbatch --wait slurm/test.sh RUN_DIR`, with inat-jobs from this checkout (INAT_JOBS)."""
+    env = {**os.environ, **ENV, "INAT_JOBS": f"{sys.executable} -m jobs", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        ["sbatch", "--wait", "-p", "debug", "-o", str(tmp_path / "%x-%j.out"), "slurm/test.sh", str(trained_run)],
+        capture_output=True, text=True, cwd=REPO, timeout=180, env=env,
+    )
+    log = "".join(p.read_text() for p in tmp_path.glob("inat-test-*.out"))
+    assert result.returncode == 0, result.stdout + result.stderr + log
+    assert "test accuracy" in log and (trained_run / "test_metrics.json").is_file()
