@@ -80,6 +80,67 @@ def test_key_stays_out_of_a_sweep_agent(tmp_path, key, demo_data):
     print(f"\nsweep agent: {scanned_files(scratch)} files scanned, key in none")
 
 
+# ---- Slurm jobs and collect ---------------------------------------------------------------------------
+
+CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
+SWEEP = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
+         "parameters:\n  dropout: {values: [0.0, 0.2]}\n")
+
+
+def slurm_up() -> None:
+    from jobs.cluster import slurm_available
+
+    ok, why = slurm_available(timeout=10)
+    require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
+
+
+@pytest.mark.slurm
+def test_a_slurm_job_sees_the_key(tmp_path, key, monkeypatch):
+    """The control for the next test: sbatch passes the submitter's environment on, key included, so
+    jobs could leak it. (Here the job returns it, into a result file outside any scratch root.)"""
+    from jobs.cluster import load_profile, make_executor
+
+    slurm_up()
+    monkeypatch.setenv("WANDB_API_KEY", key)
+    executor = make_executor(load_profile(CI_PROFILE).for_stage("test"), tmp_path / "probe", "inat-probe")
+    assert executor.submit(os.getenv, "WANDB_API_KEY").result() == key
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_key_stays_out_of_a_slurm_pipeline_and_collect(tmp_path, key, demo_data):
+    """A whole pipeline on Slurm (agents, retraining, test, figures) with W&B offline, then collect:
+    the key is in none of the generated sbatch scripts, submitit pickles and logs, run directories,
+    sweep files or collected results."""
+    from jobs import jobstate
+
+    slurm_up()
+    scratch, dest = tmp_path / "scratch", tmp_path / "results"
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    env = {"WANDB_API_KEY": key, "WANDB_MODE": "offline", "INAT_CLUSTER_PROFILE": str(CI_PROFILE)}
+    result = run_cli("pipeline", "--sweep", str(tmp_path / "s.yaml"), "--agents", "1", "--trials-per-agent", "1",
+                     "--data", str(demo_data), "--out", str(scratch), *TINY, "--top-k", "1", "--seeds", "1",
+                     "--cluster", "slurm", "--json", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    ids = [t for stage in out["job_ids"].values() for t in stage]
+    rows = jobstate.wait_for([{"stage": "all", "task_ids": ids, "cluster": "slurm"}], poll_s=3, timeout_s=600,
+                             say=lambda *_: None)
+    assert all(r["State"] == "COMPLETED" for r in rows), rows
+    collected = run_cli("collect", out["sweep_id"], "--dest", str(dest), "--out", str(scratch), env=env)
+    assert collected.returncode == 0, collected.stderr[-2000:]
+
+    jobs = scratch / "jobs"
+    for pattern in ("*_submission.sh", "*_submitted.pkl", "*_result.pkl", "*_log.out", "*_log.err"):
+        assert list(jobs.rglob(pattern)), f"no {pattern} under {jobs}: the scan would miss it"
+    assert list(scratch.rglob("offline-run-*/run-*.wandb")), "the jobs did not log to W&B"
+    assert list(dest.rglob("model.keras")) and list(dest.rglob("test_metrics.json"))
+    assert key not in result.stdout + result.stderr + collected.stdout + collected.stderr
+    assert files_with(key, scratch, dest) == []
+    print(f"\nSlurm pipeline + collect: {scanned_files(scratch)} files under scratch (of them "
+          f"{scanned_files(jobs)} submitit files) and {scanned_files(dest)} collected files scanned, key in none")
+
+
 # ---- the container image ----------------------------------------------------------------------------
 
 CONTAINERS = REPO / "containers"
