@@ -13,6 +13,7 @@ A cluster profile is a small YAML file (see configs/clusters/example.yaml):
     extra: {mail-type: FAIL}  # any other sbatch option, verbatim
     setup: [module load cuda/12.2]  # shell lines run before the job's python
     python: apptainer exec --nv -B /scratch /images/inat.sif python  # the job's interpreter
+    image: /images/inat.sif # run the jobs in this Apptainer image (replaces `python`; --image)
     max_timeouts: 3         # requeues a training job gets after time-outs/preemptions
     signal_delay_s: 90      # seconds of warning (USR2) before the time limit, to save and requeue
     array_parallelism: 64   # array tasks running at once
@@ -62,6 +63,11 @@ ClusterSetOpt = typer.Option(
     None, "--cluster-set", help="Override one cluster-profile key, e.g. --cluster-set time=30 "
     "--cluster-set partition=gpu. Repeatable."
 )
+ImageOpt = typer.Option(
+    None, "--image", help="Run the Slurm jobs in this Apptainer image (.sif, from containers/build.sh): "
+    "apptainer exec [--nv] -B SCRATCH[,$INAT_BIND] IMAGE python. Default: the profile's `image`, else "
+    "$INAT_IMAGE.", dir_okay=False,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class ClusterProfile:
     extra: dict[str, Any] = field(default_factory=dict)
     setup: list[str] = field(default_factory=list)
     python: str | None = None
+    image: str | None = None
     max_timeouts: int = 3
     signal_delay_s: int = 90
     array_parallelism: int = 64
@@ -101,6 +108,7 @@ _KEYS: dict[str, tuple[str, str]] = {
     "extra": ("sbatch", "a mapping of sbatch option: value"),
     "setup": ("lines", "a list of shell lines"),
     "python": ("name", "a command that runs python, e.g. 'apptainer exec IMAGE python'"),
+    "image": ("image", "an Apptainer image file (.sif) on this machine"),
     "max_timeouts": ("int>=0", "an integer >= 0"),
     "signal_delay_s": ("int>=0", "an integer >= 0 (seconds)"),
     "array_parallelism": ("int>=1", "an integer >= 1"),
@@ -120,8 +128,9 @@ def parse_profile(data: dict[str, Any], source: str, base: ClusterProfile | None
     return replace(base, source=source, **values)
 
 
-def load_profile(path: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> ClusterProfile:
-    """Defaults <- profile file (--profile, else $INAT_CLUSTER_PROFILE) <- --cluster-set overrides."""
+def load_profile(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                 image: str | os.PathLike | None = None) -> ClusterProfile:
+    """Defaults <- profile file (--profile, else $INAT_CLUSTER_PROFILE) <- --cluster-set overrides <- --image."""
     path = path or os.environ.get(PROFILE_ENV) or None
     profile = ClusterProfile()
     if path:
@@ -130,6 +139,8 @@ def load_profile(path: str | os.PathLike | None = None, overrides: Iterable[str]
     if overrides:
         pairs = parse_overrides(overrides)
         profile = parse_profile(pairs, "--cluster-set", profile)
+    if image is not None:
+        profile = replace(profile, image=_check_value("image", str(image), "--image"))
     return profile
 
 
@@ -153,6 +164,13 @@ def _check_value(key: str, value: Any, source: str, stage: str | None = None) ->
         if value < int(kind[-1]):
             raise bad()
         return value
+    if kind == "image":
+        if not isinstance(value, str) or not value.strip():
+            raise bad()
+        path = Path(value.strip()).expanduser().resolve()
+        if not path.is_file():
+            raise bad(" (no such file)")
+        return str(path)
     if kind == "num>0":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise bad()
@@ -256,7 +274,7 @@ def slurm_parameters(profile: ClusterProfile, job_name: str, dependency: str | N
         params["mem"] = f"{int(mem)}GB" if mem == int(mem) else f"{int(mem * 1024)}MB"
     setup = list(profile.setup)
     root = project_root()
-    in_container = bool(profile.python or os.environ.get("INAT_IMAGE"))
+    in_container = bool(profile.image or profile.python or os.environ.get("INAT_IMAGE"))
     if root is not None and not in_container:  # a container brings its own installed copy
         setup.insert(0, f"export PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}")
     if setup:
@@ -268,17 +286,21 @@ def slurm_parameters(profile: ClusterProfile, job_name: str, dependency: str | N
     return params
 
 
-def job_python(profile: ClusterProfile) -> str:
-    """The job's interpreter: the profile's `python`, else $INAT_IMAGE's, else this one."""
-    if profile.python:
-        return profile.python
-    image = os.environ.get("INAT_IMAGE")
-    if image:
-        from inat import layout
+def job_python(profile: ClusterProfile, folder: Path | None = None) -> str:
+    """The job's interpreter: the image's (--image, the profile's `image`), else the profile's `python`,
+    else $INAT_IMAGE's, else this one. `folder`: the job folder, SCRATCH/jobs/..., whose SCRATCH is bound."""
+    image = profile.image or (None if profile.python else os.environ.get("INAT_IMAGE"))
+    if not image:
+        return profile.python or shlex.quote(sys.executable)
+    from inat import layout
 
-        binds = ",".join(filter(None, [str(layout.scratch_root()), os.environ.get("INAT_BIND")]))
-        return f"apptainer exec --nv -B {shlex.quote(binds)} {shlex.quote(image)} python"
-    return shlex.quote(sys.executable)
+    scratch = next((p.parent for p in [folder, *folder.parents] if p.name == "jobs"), None) if folder else None
+    binds = ",".join(filter(None, [str(scratch or layout.scratch_root()), os.environ.get("INAT_BIND")]))
+    # --nv unless the job asks for no GPU: without GPUs apptainer only warns, but a GPU job without
+    # --nv would quietly train on the CPU. PYTHONSAFEPATH: the job starts in the submit directory,
+    # and `python -m submitit...` would otherwise import a checkout there over the image's packages.
+    nv = [] if profile.gpus == 0 else ["--nv"]
+    return shlex.join(["apptainer", "exec", *nv, "--env", "PYTHONSAFEPATH=1", "-B", binds, image, "python"])
 
 
 def make_executor(profile: ClusterProfile, folder: Path, job_name: str, dependency: str | None = None):
@@ -287,7 +309,7 @@ def make_executor(profile: ClusterProfile, folder: Path, job_name: str, dependen
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        executor = SlurmExecutor(folder, max_num_timeout=profile.max_timeouts, python=job_python(profile))
+        executor = SlurmExecutor(folder, max_num_timeout=profile.max_timeouts, python=job_python(profile, folder))
     except RuntimeError as exc:  # no srun on this machine
         raise ConfigError(f"--cluster slurm: {exc}") from None
     executor.update_parameters(**slurm_parameters(profile, job_name, dependency))
@@ -303,5 +325,5 @@ def sbatch_text(profile: ClusterProfile, stage: str, folder: Path, n_tasks: int 
     params = slurm_parameters(prof, f"inat-{stage}", dependency)
     if n_tasks > 1:
         params["map_count"] = n_tasks
-    command = " ".join([job_python(prof), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    command = " ".join([job_python(prof, folder), "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return _make_sbatch_string(command=command, folder=folder, **params)

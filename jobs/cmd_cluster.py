@@ -17,7 +17,7 @@ from inat.sweep import load_sweep
 
 from . import jobstate
 from .cli import app
-from .cluster import ClusterOpt, ClusterSetOpt, ProfileOpt, load_profile, resolve_cluster
+from .cluster import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
 from .cmd_run import DataOpt, OutOpt, SetOpt
 
 TopKOpt = typer.Option(1, "--top-k", "-k", help="Retrain the K best finished trials of the sweep.")
@@ -45,6 +45,7 @@ def retrain_best(
     cluster: Optional[str] = ClusterOpt,
     profile: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
+    image: Optional[Path] = ImageOpt,
     wait: bool = WaitOpt,
 ) -> None:
     """Retrain the sweep's top-K configs x S seeds as one array job, into runs/<sweep_id>-best<k>-seed<s>/."""
@@ -56,7 +57,7 @@ def retrain_best(
     _check_counts(top_k, seeds, epochs)
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     where = resolve_cluster(cluster)
-    prof = load_profile(profile, cluster_set or [])
+    prof = load_profile(profile, cluster_set or [], image)
     best = best_configs(sw.dir, top_k)
     if not best:
         raise InatError(f"sweep {sw.id} has no finished trial yet; see `inat-jobs sweep-status {sw.id}`")
@@ -126,6 +127,7 @@ def pipeline(
     cluster: Optional[str] = ClusterOpt,
     profile: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
+    image: Optional[Path] = ImageOpt,
     wait: bool = WaitOpt,
     json_: bool = typer.Option(
         False, "--json", help="Print one JSON object {sweep_id, job_ids, out, ...} only."
@@ -140,7 +142,7 @@ def pipeline(
     _check_counts(top_k, seeds, epochs)
     figures = parse_figures(what)
     where = resolve_cluster(cluster)
-    prof = load_profile(profile, cluster_set or [])
+    prof = load_profile(profile, cluster_set or [], image)
     sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)
     options = {"agents": agents, "trials_per_agent": trials_per_agent, "top_k": top_k, "seeds": seeds,
                "epochs": epochs, "what": figures}

@@ -11,7 +11,7 @@ from inat import layout
 from inat.errors import InatError
 
 from .cli import app
-from .cluster import ClusterSetOpt, ProfileOpt, RunsClusterOpt
+from .cluster import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
 from .cmd_run import OutOpt
 
 
@@ -37,6 +37,7 @@ def visualize(
     cluster: Optional[str] = RunsClusterOpt,
     profile: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
+    image: Optional[Path] = ImageOpt,
 ) -> None:
     """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here."""
     from inat.visualize import parse_what
@@ -49,7 +50,7 @@ def visualize(
     from .tasks import visualize_run
 
     args = (names, data and data.resolve(), seed, max_images, pdf)
-    if maybe_submit("visualize", run, cluster, profile, cluster_set, lambda r: (visualize_run, (r, *args))):
+    if maybe_submit("visualize", run, cluster, profile, cluster_set, image, lambda r: (visualize_run, (r, *args))):
         return
     for one in run:
         for path in make_figures(one, names, data, seed=seed, max_images=max_images, pdf=pdf):

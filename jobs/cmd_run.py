@@ -13,7 +13,7 @@ from inat.config import MODELS, RunConfig
 from inat.errors import InatError
 
 from .cli import app
-from .cluster import ClusterSetOpt, ProfileOpt, RunsClusterOpt
+from .cluster import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; keys as in `configs/default.yaml`.")
 SetOpt = typer.Option(
@@ -61,12 +61,13 @@ def test(
     cluster: Optional[str] = RunsClusterOpt,
     profile: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
+    image: Optional[Path] = ImageOpt,
 ) -> None:
     """Evaluate each run's model.keras on the test split; writes RUN/test_metrics.json and predictions.csv."""
     from .submit import maybe_submit
     from .tasks import evaluate_run
 
-    if maybe_submit("test", run, cluster, profile, cluster_set, lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))):
+    if maybe_submit("test", run, cluster, profile, cluster_set, image, lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))):
         return
     from inat.evaluate import evaluate, format_table
 

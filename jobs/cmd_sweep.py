@@ -24,7 +24,7 @@ from inat.sweep_optuna import optuna_space
 from inat.sweep_spec import load_spec
 
 from .cli import app
-from .cluster import ClusterOpt, ClusterSetOpt, ProfileOpt, load_profile, resolve_cluster
+from .cluster import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
 from .cmd_run import DataOpt, OutOpt, SetOpt
 
 StaleOpt = typer.Option(
@@ -49,6 +49,7 @@ def launch_sweep(
     cluster: Optional[str] = ClusterOpt,
     profile_path: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
+    image: Optional[Path] = ImageOpt,
     data: Path = DataOpt,
     out: Optional[Path] = OutOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -65,7 +66,7 @@ def launch_sweep(
     if wait and cluster not in (None, "local"):
         raise ConfigError("--wait works with --cluster local; for Slurm watch `inat-jobs sweep-status ID`")
     cluster = resolve_cluster("local" if wait else cluster)
-    profile = load_profile(profile_path, cluster_set or [])
+    profile = load_profile(profile_path, cluster_set or [], image)
     sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)
     say = (lambda *_: None) if json_ else typer.echo
     say(f"sweep {sw.id}: {backend} backend, {spec.method} search on {spec.metric} ({spec.goal})")

@@ -118,14 +118,15 @@ def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path],
 
 
 def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_path: Path | None,
-                 cluster_set: Sequence[str] | None, make_call: Callable[[Path], Call]) -> bool:
+                 cluster_set: Sequence[str] | None, image: Path | None,
+                 make_call: Callable[[Path], Call]) -> bool:
     """For `test`/`visualize --cluster ...`: submit one array over `runs` and say so; False when the
     work should run in this process instead (no --cluster, or it resolved to local)."""
     from .cluster import resolve_cluster
 
     if cluster is None or resolve_cluster(cluster) == "local":
         return False
-    profile = load_profile(profile_path, cluster_set or [])
+    profile = load_profile(profile_path, cluster_set or [], image)
     group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile)
     print(f"{stage}: submitted job {sub.job_id} ({len(sub.task_ids)} task(s)): {', '.join(sub.task_ids)}")
     print(f"watch:   inat-jobs status {group}")

@@ -97,6 +97,50 @@ def test_cli_reports_bad_cluster_options_in_one_line(tmp_path):
                    "unknown key 'nodes'")
 
 
+def test_image_runs_jobs_in_apptainer_with_their_scratch_bound(tmp_path, monkeypatch):
+    monkeypatch.delenv("INAT_IMAGE", raising=False)
+    monkeypatch.delenv("INAT_BIND", raising=False)
+    image = tmp_path / "inat.sif"
+    image.write_bytes(b"")
+    folder = tmp_path / "scratch" / "jobs" / "test-1" / "test"
+    profile = cluster.load_profile(EXAMPLE_PROFILE, ["python=/usr/bin/python3"], image=image)
+    assert profile.image == str(image)  # --image wins over the profile's python
+    want = f"apptainer exec --nv --env PYTHONSAFEPATH=1 -B {tmp_path / 'scratch'} {image} python"
+    assert cluster.job_python(profile.for_stage("train"), folder) == want
+    # a stage that asks for no GPU gets no --nv (apptainer would warn on a node without one)
+    assert cluster.job_python(profile.for_stage("visualize"), folder) == want.replace(" --nv", "")
+    assert f"{want} -u -m submitit.core._submit {folder}" in cluster.sbatch_text(profile, "train", folder)
+    # a container brings its own installed copy of the project: no PYTHONPATH to this checkout
+    assert not any("PYTHONPATH" in line for line in cluster.slurm_parameters(profile, "x").get("setup", []))
+    monkeypatch.setenv("INAT_BIND", "/data/inat")
+    assert f"-B {tmp_path / 'scratch'},/data/inat " in cluster.job_python(profile, folder)
+    # the same from a profile key, and $INAT_IMAGE when the profile names neither image nor python
+    assert cluster.load_profile(None, [f"image={image}"]).image == str(image)
+    monkeypatch.setenv("INAT_IMAGE", str(image))
+    assert cluster.job_python(cluster.load_profile(), folder).startswith("apptainer exec --nv ")
+    assert cluster.job_python(cluster.load_profile(None, ["python=py3"]), folder) == "py3"
+
+
+def test_image_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match=r"--image: key 'image' = .*missing.sif.* \(no such file\)"):
+        cluster.load_profile(None, [], image=tmp_path / "missing.sif")
+    one_error_line(run_cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--image",
+                           str(tmp_path / "missing.sif")), "(no such file)")
+
+
+def test_every_submitting_command_takes_image():
+    import typer.main
+
+    from jobs.cli import _register, app
+
+    _register()
+    commands = typer.main.get_command(app).commands
+    submitting = {name for name, cmd in commands.items() if any("--cluster" in p.opts for p in cmd.params)}
+    assert {"test", "visualize", "launch-sweep", "retrain-best", "pipeline"} <= submitting
+    for name in sorted(submitting):
+        assert any("--image" in p.opts for p in commands[name].params), f"{name} has --cluster but no --image"
+
+
 # ---- Slurm or local -------------------------------------------------------------------------------------
 
 
@@ -147,7 +191,8 @@ def test_generated_sbatch_scripts_match_golden_files(name, monkeypatch):
     path, overrides, stage, n, dependency = GOLDEN_CASES[name]
     profile = cluster.load_profile(path, overrides)
     text = cluster.sbatch_text(profile, stage, Path("/scratch/inat/jobs/ID") / stage, n, dependency)
-    text = text.replace(str(REPO), "{PROJECT}").replace(sys.executable, "{PYTHON}")
+    # The interpreter first: a checkout's own .venv lies inside the project directory.
+    text = text.replace(sys.executable, "{PYTHON}").replace(str(REPO), "{PROJECT}")
     golden = GOLDEN / f"{name}.sbatch"
     if os.environ.get("INAT_UPDATE_GOLDEN") == "1":
         golden.parent.mkdir(exist_ok=True)
