@@ -67,7 +67,8 @@ def train(
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
     """
     run_dir = Path(run_dir).resolve()
-    resolve_weights(cfg)  # a missing weights file fails here, before anything is written
+    if not (run_dir / "checkpoint" / "state.json").exists():
+        resolve_weights(cfg)  # a missing weights file fails here, before anything is written
     created = not run_dir.exists()
     make_dir(run_dir)
     try:
