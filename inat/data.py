@@ -29,6 +29,8 @@ log = logging.getLogger("inat")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # matched case-insensitively: cameras write .JPG
 SPLITS = ("train", "val", "test")
 _FORMAT = "inat-splits/1"
+# The split is seeded, so drawing it again from unchanged data gives the same lists.
+_REDRAW = "delete it and rerun the run's `inat-jobs train` command (same --run-id and --data) to split again"
 
 
 # ---- splits --------------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ class Splits:
         try:
             data = read_json(path)
         except InatError as exc:
-            raise DataError(str(exc)) from None
+            raise DataError(f"{exc}; {_REDRAW}") from None
         try:
             if not isinstance(data, dict) or data.get("format") != _FORMAT:
                 raise ValueError(f"expected a mapping with format {_FORMAT!r}")
@@ -93,7 +95,7 @@ class Splits:
             )
         except (KeyError, TypeError, ValueError) as exc:
             what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise DataError(f"{path}: not a valid splits file ({what}); delete it to split again") from None
+            raise DataError(f"{path}: not a valid splits file ({what}); {_REDRAW}") from None
         return splits
 
 
@@ -272,17 +274,21 @@ def drop_bad_images(splits: Splits) -> Splits:
     bad = [(rel, why) for (_, rel, _), why in zip(items, problems) if why is not None]
     if not bad:
         return splits
-    shown = ", ".join(f"{rel} ({why})" for rel, why in bad[:5])
-    more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
-    log.warning("skipping %d unreadable image(s): %s%s", len(bad), shown, more)
     keep = {split: [] for split in SPLITS}
     for (split, rel, label), why in zip(items, problems):
         if why is None:
             keep[split].append((rel, label))
     left = {label for _, label in keep["train"]}
     empty = [name for label, name in enumerate(splits.classes) if label not in left]
-    if empty:
-        raise DataError(f"{splits.root}: no readable train images left for class(es) {', '.join(empty)}")
+    if empty:  # checked before the warning below, so that the error is the only line printed
+        rel, why = next(((r, w) for r, w in bad if r.startswith(f"train/{empty[0]}/")), bad[0])
+        raise DataError(
+            f"{splits.root}: no readable train images left for class(es) {', '.join(empty)} "
+            f"(e.g. {rel}: {why}); replace the broken images or remove the class from train/ and val/"
+        )
+    shown = ", ".join(f"{rel} ({why})" for rel, why in bad[:5])
+    more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""
+    log.warning("skipping %d unreadable image(s): %s%s", len(bad), shown, more)
     return dataclasses.replace(splits, **keep, bad=[*splits.bad, *bad])
 
 

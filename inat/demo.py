@@ -19,11 +19,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import DataError
+from .fsutil import make_dir, os_reason
 
 INAT_CLASSES = (
     "Amphibia", "Animalia", "Arachnida", "Aves", "Fungi",
     "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia",
 )  # fmt: skip
+_WHERE = "the demo data's ROOT argument"
 SHAPES = ("disc", "square", "triangle", "ring", "cross", "star", "stripes", "dots", "half-disc", "frame")
 
 
@@ -44,10 +46,13 @@ def make_demo_data(
         raise DataError(f"{root}: need at least 2 train and 1 test image per class (train/val/test split)")
     root = Path(os.path.abspath(root))
     _check_target(root, overwrite)
-    root.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(root.parent, where=_WHERE)
     # Build beside the target and rename at the end: an interrupted run never leaves a tree that
     # looks complete (discover() would happily train on half a dataset).
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    except OSError as exc:
+        raise DataError(f"cannot write the demo data into {root.parent}: {os_reason(exc, None, _WHERE)}") from None
     try:
         for split, n in (("train", n_train_per_class), ("val", n_test_per_class)):
             for label, name in enumerate(INAT_CLASSES):
@@ -63,6 +68,9 @@ def make_demo_data(
                     image.save(folder / f"{name.lower()}_{i:04d}{ext}", "JPEG", quality=quality)
         (tmp / "train" / "Aves" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
         _move_into_place(tmp, root, overwrite)
+    except OSError as exc:  # e.g. the disk filled up while drawing
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"cannot write the demo data into {root.parent}: {os_reason(exc, None, _WHERE)}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import data, models
 from .config import RunConfig
-from .errors import InatError
+from .errors import ConfigError, InatError
 from .fsutil import write_csv, write_json
 
 log = logging.getLogger("inat")
@@ -30,6 +30,8 @@ def evaluate(
     With `cache_root`, test images come from a matching decoded-image cache if one is there
     (see `inat.cache`; nothing is built for a single pass over the test split).
     """
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise InatError(f"{run_dir}: run directory not found")

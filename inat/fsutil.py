@@ -29,7 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise InatError(f"cannot write {path}: {_reason(exc)}") from None
+        raise InatError(f"cannot write {path}: {os_reason(exc, path.parent)}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     # mkstemp creates 0600; results on shared scratch must be readable by the group as the
@@ -40,7 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise InatError(f"cannot write {path}: {_reason(exc)}") from None
+        raise InatError(f"cannot write {path}: {os_reason(exc)}") from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -76,9 +76,33 @@ def write_csv(path: str | os.PathLike, header: list[str], rows: list[list[Any]])
             writer.writerows(rows)
 
 
-def _reason(exc: OSError) -> str:
+SCRATCH_HINT = "--out or $INAT_SCRATCH"
+
+
+def make_dir(path: str | os.PathLike, where: str = SCRATCH_HINT) -> Path:
+    """`mkdir -p path`, or one InatError line that names the directory, why, and what to do."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InatError(f"cannot create directory {path}: {os_reason(exc, path, where)}") from None
+    return path
+
+
+def os_reason(exc: OSError, path: Path | None = None, where: str = SCRATCH_HINT) -> str:
+    """Why a write failed, in words, with what to do; `where` is the option that chose the place."""
     if exc.errno == errno.ENOSPC:
-        return "no space left on device (free some space or point --out at another scratch directory)"
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "permission denied (choose a writable --out or $INAT_SCRATCH)"
-    return exc.strerror or str(exc)
+        return f"no space left on device (free some space or point {where} at another file system)"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded (free some space or point {where} at another file system)"
+    if exc.errno == errno.EROFS:
+        return f"read-only file system (point {where} at a writable directory)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied (point {where} at a writable directory)"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and path is not None:
+        # mkdir -p below a regular file, e.g. --out naming a file: say which file is in the way.
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a directory (point {where} at a directory)"
+    what = (exc.strerror or str(exc)).lower()
+    return f"{what} (point {where} at a writable directory)"

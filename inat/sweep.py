@@ -26,8 +26,9 @@ from typing import Any
 
 from . import layout
 from .config import RunConfig
+from .data import _check_root
 from .errors import ConfigError, InatError
-from .fsutil import read_json, write_json
+from .fsutil import atomic_path, make_dir, read_json, write_json
 from .sweep_spec import SweepSpec, load_spec
 
 BACKENDS = ("local", "wandb")
@@ -85,16 +86,18 @@ def new_sweep(scratch: Path, spec_path: str | Path, backend: str, data_root: str
     spec.check_overrides(fixed)
     if not Path(data_root).is_dir():
         raise InatError(f"--data {data_root}: directory not found")
+    _check_root(data_root)  # every trial would fail on a root without train/ and val/
     sweep_id = layout.new_id()
-    root = layout.sweeps_dir(scratch) / sweep_id
-    try:
-        root.mkdir(parents=True)
-    except OSError as exc:
-        raise InatError(f"cannot create {root}: {exc.strerror or exc}") from None
-    shutil.copyfile(spec_path, root / "sweep.yaml")
+    root = make_dir(layout.sweeps_dir(scratch) / sweep_id)
     sweep = Sweep(sweep_id, root, backend, str(Path(data_root).resolve()), dict(fixed), storage, seed,
                   time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    sweep.save()
+    try:
+        with atomic_path(root / "sweep.yaml") as tmp:
+            shutil.copyfile(spec_path, tmp)
+        sweep.save()
+    except BaseException:  # e.g. a full disk: leave no sweep directory that load_sweep half-reads
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return sweep, spec
 
 
@@ -106,9 +109,14 @@ def load_sweep(scratch_root: str | os.PathLike, sweep_id: str) -> Sweep:
         hint = f" (latest there: {', '.join(known)})" if known else ""
         raise InatError(f"sweep {sweep_id!r} not found: looked for {path}{hint}; "
                         "pass --out (or set $INAT_SCRATCH) to the scratch root it was launched with")
-    data = read_json(path)
-    data["dir"] = path.parent
-    return Sweep(**{k: v for k, v in data.items() if k in Sweep.__dataclass_fields__})
+    try:
+        data = read_json(path)
+        fields = {k: v for k, v in data.items() if k in Sweep.__dataclass_fields__ and k != "dir"}
+        return Sweep(**fields, dir=path.parent)
+    except (InatError, TypeError, AttributeError) as exc:  # unreadable, or not the mapping save() writes
+        what = str(exc) if isinstance(exc, InatError) else f"{path}: not a sweep record ({exc})"
+        raise InatError(f"{what}; the sweep's own record is damaged: restore it from a copy, or "
+                        "launch the sweep again") from None
 
 
 # ---- trial results from run directories -----------------------------------------------------------

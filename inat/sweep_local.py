@@ -47,7 +47,13 @@ def storage_for(sweep: Sweep):
     if sweep.storage:
         return optuna.storages.RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True})
     path = str(sweep.dir / "optuna.journal")
-    return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    except ValueError as exc:  # json.JSONDecodeError, or Optuna's "Invalid log format." for a torn line
+        raise InatError(
+            f"{path}: the sweep's Optuna journal is damaged ({exc}); the trial run directories "
+            f"still hold every result: `inat-jobs sweep-report {sweep.id}` reads them without it"
+        ) from None
 
 
 def create_study(sweep: Sweep, spec: SweepSpec) -> None:

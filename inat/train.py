@@ -22,8 +22,10 @@ import fcntl
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,7 +35,8 @@ import keras
 from . import data, models, tracking
 from .config import RunConfig
 from .errors import InatError
-from .fsutil import read_json, write_csv, write_json
+from .fsutil import make_dir, os_reason, read_json, write_csv, write_json
+from .weights import resolve_weights
 
 log = logging.getLogger("inat")
 HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
@@ -66,13 +69,24 @@ def train(
     come from the cache of this dataset at this input size when one matches the files on disk;
     if none does and `build_cache` is true, it is built first (once, however many runs start
     together; see `inat.cache`). Without `cache_root` the JPEGs are decoded every epoch.
+
+    A new run directory that fails before its first epoch is committed (bad data, missing weights,
+    a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
     """
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(run_dir):
-        return _train_locked(
-            cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
-        )
+    if not (run_dir / "checkpoint" / "state.json").exists():
+        resolve_weights(cfg)  # a missing weights file fails here, before anything is written
+    created = not run_dir.exists()
+    make_dir(run_dir)
+    try:
+        with _exclusive(run_dir):
+            return _train_locked(
+                cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
+            )
+    except Exception:
+        if created and not (run_dir / "checkpoint" / "state.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache):
@@ -117,14 +131,19 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=cfg.epochs,
-            initial_epoch=start_epoch,
-            callbacks=[recorder, *callbacks],
-            verbose=verbose,
-        )
+        with warnings.catch_warnings():
+            # The datasets have no known length (ignore_errors may drop images), so Keras finds the
+            # end of the first epoch by running out of data, and warns that it did: expected here.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=cfg.epochs,
+                initial_epoch=start_epoch,
+                callbacks=[recorder, *callbacks],
+                verbose=verbose,
+                shuffle=False,  # train_ds shuffles itself; Keras warns when asked to shuffle a Dataset
+            )
     except BaseException:
         tracker.finish(exit_code=1)
         _write_run_info(run_dir, cfg, splits, status="failed", epochs_done=recorder.state["epoch"])
@@ -186,7 +205,7 @@ def save_model_atomic(model, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InatError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise InatError(f"cannot write {path}: {os_reason(exc)}") from None
 
 
 def _find_or_build_cache(splits, image_size: int, cache_root, build: bool):

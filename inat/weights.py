@@ -121,7 +121,8 @@ def resolve_weights(cfg) -> str | None:
         )
     path = Path(cfg.weights).expanduser()
     if not path.is_file():
-        raise ConfigError(f"weights file {path} not found (weights: imagenet, none, or a file path)")
+        raise ConfigError(f"weights file {path} not found; set weights to imagenet, none, or the path of "
+                          f"an existing {'/'.join(WEIGHT_SUFFIXES)} file")
     if not path.name.endswith(WEIGHT_SUFFIXES):
         raise ConfigError(
             f"weights file {path}: Keras can only load {', '.join(WEIGHT_SUFFIXES)} weight files"

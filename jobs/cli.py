@@ -14,6 +14,8 @@ import typer
 
 from inat.errors import InatError
 
+from . import quiet
+
 app = typer.Typer(
     name="inat-jobs",
     help="Train, sweep, test and visualise iNaturalist-12K CNNs, locally or as Slurm jobs.",
@@ -32,6 +34,7 @@ def _register() -> None:
 def main() -> None:
     # TensorFlow's C++ start-up chatter drowns the progress bar; users can still raise it.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet.install()  # and the lines that variable no longer silences (see jobs/quiet.py)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     _register()
     try:

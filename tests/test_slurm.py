@@ -143,6 +143,16 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     states = [r[2] for r in sacct_rows(sub.job_id, duplicates=True)]
     assert states.count("REQUEUED") == len(attempts) - 1 and states[-1] == "COMPLETED"
     assert read_json(run / "run.json")["status"] == "completed"
+    # Resumed, not restarted: every attempt appends Keras' "Epoch k/6" lines to the same job log;
+    # epoch 1 began once, and each requeued attempt began after it (where the numbers drop back,
+    # the epoch the signal interrupted runs again).
+    (log,) = (tmp_path / "jobs").glob(f"{sub.job_id}_0_log.out")
+    began = [int(line.split()[1].split("/")[0]) for line in log.read_text().splitlines()
+             if line.startswith("Epoch ")]
+    assert began.count(1) == 1 and sorted(set(began)) == [1, 2, 3, 4, 5, 6], began
+    restarts = [b for a, b in zip(began, began[1:]) if b <= a]
+    assert all(b > 1 for b in restarts), began
+    print(f"\nrequeued {len(attempts) - 1} time(s); epochs begun, in order: {began}")
 
 
 def test_plain_sbatch_test_script(tmp_path, trained_run):

@@ -28,7 +28,8 @@ def one_error_line(result, fragment):
 
 @pytest.fixture
 def data_dir(tmp_path):
-    (tmp_path / "data").mkdir()
+    for sub in ("train", "val"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
     return str(tmp_path / "data")
 
 
@@ -165,7 +166,8 @@ def test_status_of_a_wandb_sweep_reads_the_trial_run_directories(tmp_path):
     from inat.fsutil import write_csv, write_json
     from inat.sweep import new_sweep
 
-    (tmp_path / "data").mkdir()
+    for sub in ("train", "val"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
     sweep, _ = new_sweep(tmp_path, PART_A, "wandb", tmp_path / "data", {"epochs": 2})
     for run_id, status, accs in (("abc123", "completed", [0.2, 0.4]), ("def456", "pruned", [0.1]),
                                  ("ghi789", "completed", [0.3, 0.35])):

@@ -26,8 +26,14 @@ parameters:
 """
 
 
+def empty_dataset(tmp_path):
+    """A dataset root as new_sweep checks it (train/ and val/); stand-in trials never read images."""
+    for sub in ("train", "val"):
+        (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
+
+
 def make_sweep(tmp_path, spec_text=SPEC, fixed=None):
-    (tmp_path / "data").mkdir(exist_ok=True)
+    empty_dataset(tmp_path)
     (tmp_path / "s.yaml").write_text(spec_text)
     sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data",
                             fixed or {"epochs": 6})
@@ -206,7 +212,7 @@ def test_best_config_yaml_is_a_train_config(tmp_path):
 
 
 def test_rdb_storage_url_works_too(tmp_path):
-    (tmp_path / "data").mkdir()
+    empty_dataset(tmp_path)
     (tmp_path / "s.yaml").write_text(SPEC)
     sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 3},
                             storage=f"sqlite:///{tmp_path / 'study.db'}")

@@ -96,6 +96,25 @@ def test_a_new_run_needs_data(tmp_path, tiny_cfg):
         train(tiny_cfg, tmp_path / "run", None, verbose=0)
 
 
+def test_a_new_run_that_fails_before_its_first_epoch_leaves_nothing(tmp_path, tiny_cfg):
+    with pytest.raises(InatError, match="dataset root does not exist"):
+        train(tiny_cfg, tmp_path / "runs" / "new", tmp_path / "no-data", verbose=0)
+    assert not (tmp_path / "runs" / "new").exists()
+
+
+def test_resuming_needs_no_weights_file(tmp_path, tiny_cfg):
+    """The checkpoint holds the weights: a moved weights file must not stop a resume (only a new run)."""
+    cfg = tiny_cfg.replace(model="resnet50", weights=str(tmp_path / "moved.h5"))
+    with pytest.raises(InatError, match="moved.h5 not found"):
+        train(cfg, tmp_path / "new", None, verbose=0)
+    run_dir = tmp_path / "started"
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "checkpoint" / "state.json").write_text('{"epoch": 1, "checkpoint": "epoch-0001.keras"}')
+    with pytest.raises(InatError, match="names a checkpoint that is missing"):  # got past the weights
+        train(cfg, run_dir, None, verbose=0)
+    assert (run_dir / "checkpoint" / "state.json").exists()  # a started run is never removed
+
+
 def test_a_run_in_use_is_refused(tmp_path, demo_data, tiny_cfg):
     import fcntl
 

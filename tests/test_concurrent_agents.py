@@ -1,0 +1,203 @@
+"""Many sweep agents on one Optuna journal, as separate processes, so its file lock is really contended.
+
+The trial function is a fast stand-in (no TensorFlow): each call appends "start N" and "end N" to
+its agent's own log, so the test can count what ran where, independently of the study. Then:
+
+* 16 agents x 100 trials: exactly 1600 distinct trial numbers, each run exactly once, every trial
+  COMPLETE in the study and attributed to the agent that logged it.
+* agents SIGKILLed mid-trial: a requeued agent (same id) resumes its trial, which then ran twice
+  (the documented retry); a trial whose agent never comes back is told FAIL by the next agent once
+  its heartbeat is stale; the sweep finishes and every trial in the store is in a terminal state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+SPEC = """
+method: random
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  dropout: {min: 0.0, max: 0.5}
+"""
+
+# One agent process: argv = scratch, sweep id, agent id, count, log file, seconds per trial, stale_after.
+WORKER = r"""
+import os, sys, time
+from inat.sweep import load_sweep
+from inat.sweep_local import Outcome, run_agent
+
+scratch, sweep_id, agent_id, count, log_path, sleep_s, stale_after = sys.argv[1:8]
+log = open(log_path, "a", buffering=1)  # line-buffered: a SIGKILL loses no finished line
+
+def trial(tr):
+    log.write(f"start {tr.number} {agent_id} {os.getpid()}\n")
+    time.sleep(float(sleep_s))
+    tr.report(1, tr.config.dropout)
+    log.write(f"end {tr.number} {agent_id} {os.getpid()}\n")
+    return Outcome(tr.config.dropout, 1, False)
+
+result = run_agent(load_sweep(scratch, sweep_id), agent_id, int(count), float(stale_after),
+                   trial_fn=trial, heartbeat_s=0.2)
+log.write(f"done {len(result['trials'])} {result['stop_reason']}\n")
+"""
+
+
+def make_sweep(tmp_path: Path):
+    from inat.sweep import new_sweep
+    from inat.sweep_local import create_study
+
+    for sub in ("train", "val"):
+        (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "s.yaml").write_text(SPEC)
+    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 1})
+    create_study(sweep, spec)
+    return sweep
+
+
+def start_agent(sweep, agent_id: str, count: int, sleep_s: float = 0.0, stale_after: float = 600.0):
+    log = sweep.dir / f"{agent_id}.test.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", WORKER, str(sweep.scratch_root), sweep.id, agent_id, str(count), str(log),
+           str(sleep_s), str(stale_after)]
+    errors = open(sweep.dir / f"{agent_id}.test.err", "ab")
+    return subprocess.Popen(cmd, env=env, stdout=errors, stderr=subprocess.STDOUT)
+
+
+def events(sweep) -> list[tuple[str, int, str, int]]:
+    """(start|end, trial number, agent id, pid) from every agent's log, in no particular order."""
+    out = []
+    for log in sweep.dir.glob("*.test.log"):
+        for line in log.read_text().splitlines():
+            kind, *rest = line.split()
+            if kind in ("start", "end"):
+                out.append((kind, int(rest[0]), rest[1], int(rest[2])))
+    return out
+
+
+def wait_all(procs, sweep, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"agents still running after {timeout} s")
+    bad = {Path(p.args[5]).name: p.returncode for p in procs if p.returncode != 0}
+    errs = {f.name: f.read_text()[-2000:] for f in sweep.dir.glob("*.test.err") if f.read_text().strip()}
+    assert not bad, (bad, errs)
+
+
+def study_trials(sweep):
+    from inat.sweep_local import open_study
+
+    return open_study(sweep, sweep.spec()).get_trials(deepcopy=False)
+
+
+@pytest.mark.slow
+def test_16_agents_x_100_trials_no_trial_lost_or_run_twice(tmp_path):
+    from optuna.trial import TrialState
+
+    agents, per_agent = 16, 100
+    sweep = make_sweep(tmp_path)
+    t0 = time.monotonic()
+    procs = [start_agent(sweep, f"a{i:02d}", per_agent) for i in range(agents)]
+    wait_all(procs, sweep, timeout=600)
+    seconds = time.monotonic() - t0
+
+    ev = events(sweep)
+    starts = Counter(n for kind, n, _, _ in ev if kind == "start")
+    ends = Counter(n for kind, n, _, _ in ev if kind == "end")
+    total = agents * per_agent
+    assert sorted(starts) == list(range(total)), "trial numbers are not exactly 0..N-1"
+    assert set(starts.values()) == {1} and starts == ends, "a trial ran twice or did not finish"
+    per_agent_runs = Counter(agent for kind, _, agent, _ in ev if kind == "start")
+    assert set(per_agent_runs.values()) == {per_agent}
+
+    trials = study_trials(sweep)
+    assert len(trials) == total
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    ran_by = {n: agent for kind, n, agent, _ in ev if kind == "start"}
+    assert all(t.user_attrs["agent"] == ran_by[t.number] for t in trials)
+    assert all(t.value == pytest.approx(t.params["dropout"]) for t in trials)
+    assert not (sweep.dir / "optuna.journal.lock").exists()
+    journal = sweep.dir / "optuna.journal"
+    print(f"\n{agents} agents x {per_agent} trials: {len(starts)} distinct trials, 0 lost, 0 run twice, "
+          f"{seconds:.1f} s wall ({total / seconds:.1f} trials/s), journal {journal.stat().st_size / 1e6:.1f} MB, "
+          f"{len(journal.read_text().splitlines())} records")
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def mid_trial(sweep, agent_id: str, nth: int) -> bool:
+    """The agent has started its nth trial and not finished it."""
+    mine = [kind for kind, _, agent, _ in events(sweep) if agent == agent_id]
+    return mine.count("start") == nth and mine.count("end") == nth - 1
+
+
+@pytest.mark.slow
+def test_agents_killed_mid_trial_requeued_and_lost(tmp_path):
+    from optuna.trial import TrialState
+
+    sweep = make_sweep(tmp_path)
+    stale = 2.0
+    workers = [start_agent(sweep, f"a{i}", 15, sleep_s=0.05) for i in range(4)]
+    requeued = start_agent(sweep, "v-requeued", 5, sleep_s=1.0)
+    lost = start_agent(sweep, "v-lost", 5, sleep_s=1.0)
+    for victim, agent_id in ((requeued, "v-requeued"), (lost, "v-lost")):
+        wait_for(lambda: mid_trial(sweep, agent_id, 2), 120, f"{agent_id} to be inside its 2nd trial")
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+    killed_at = {agent: max(n for kind, n, a, _ in events(sweep) if kind == "start" and a == agent)
+                 for agent in ("v-requeued", "v-lost")}
+
+    # Slurm requeues one victim under its own id; the other never comes back. The requeued agent
+    # starts after the stale grace period, so it also declares the lost one's trial dead.
+    time.sleep(stale + 1.0)
+    back = start_agent(sweep, "v-requeued", 4, sleep_s=0.05, stale_after=stale)
+    wait_all([*workers, back], sweep, timeout=300)
+
+    ev = events(sweep)
+    starts = Counter(n for kind, n, _, _ in ev if kind == "start")
+    ends = Counter(n for kind, n, _, _ in ev if kind == "end")
+    retried, dead = killed_at["v-requeued"], killed_at["v-lost"]
+    assert starts[retried] == 2 and ends[retried] == 1, "the requeued agent resumes its own trial"
+    assert len({pid for kind, n, _, pid in ev if kind == "start" and n == retried}) == 2
+    assert starts[dead] == 1 and ends[dead] == 0
+    assert all(c == 1 for n, c in starts.items() if n != retried), "no other trial ran twice"
+
+    trials = {t.number: t for t in study_trials(sweep)}
+    assert sorted(trials) == sorted(starts), "every trial the store has was run, and vice versa"
+    assert trials[retried].state == TrialState.COMPLETE
+    assert trials[dead].state == TrialState.FAIL and "no heartbeat" in trials[dead].user_attrs["error"]
+    others = [t for n, t in trials.items() if n != dead]
+    assert all(t.state == TrialState.COMPLETE for t in others)
+    run_json = json.loads((sweep.trials_dir / f"{dead:04d}" / "run.json").read_text())
+    assert run_json["status"] == "failed" and "no heartbeat" in run_json["error"]
+
+    # The store stays readable by the CLI too, and says the same.
+    result = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json")
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout)["counts"]
+    assert counts == {"finished": len(trials) - 1, "failed": 1}
+    print(f"\nkilled mid-trial: trial {retried} (agent requeued: resumed, ran twice, COMPLETE), "
+          f"trial {dead} (agent gone: FAIL, {trials[dead].user_attrs['error']!r}); "
+          f"{len(trials)} trials, all terminal; sweep-status counts {counts}")
