@@ -384,3 +384,8 @@ def test_a_restarted_agent_runs_only_the_trials_it_has_left(tmp_path, demo_data)
     assert len(AgentTask()(sw.dir, 0, 3)["trials"]) == 1
     attempts = read_json(sw.agents_dir / "agent-0.attempts.json")
     assert [a["outcome"] for a in attempts] == ["completed"] * 3
+
+
+def test_a_profile_may_not_write_the_wandb_key_into_job_scripts():
+    with pytest.raises(ConfigError, match="key 'setup' sets WANDB_API_KEY"):
+        cluster.parse_profile({"setup": ["export WANDB_API_KEY=abc"]}, "p.yaml")
