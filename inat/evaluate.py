@@ -15,6 +15,7 @@ from . import data, models
 from .config import RunConfig
 from .errors import ConfigError, InatError
 from .fsutil import write_csv, write_json
+from .layout import require_model
 
 log = logging.getLogger("inat")
 
@@ -63,17 +64,6 @@ def evaluate(
     write_json(run_dir / "test_metrics.json", metrics)
     _write_predictions(run_dir, splits, y_true, y_pred, probs, aligned=metrics["n"] == expected)
     return metrics
-
-
-def require_model(run_dir: str | os.PathLike) -> Path:
-    """RUN/model.keras, or the one-line error; checked before a job is submitted, too."""
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise InatError(f"{run_dir}: run directory not found")
-    model_path = run_dir / "model.keras"
-    if not model_path.is_file():
-        raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
-    return model_path
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:

@@ -15,6 +15,8 @@ import secrets
 import time
 from pathlib import Path
 
+from .errors import InatError
+
 # What a run directory holds. `collect` copies everything but the checkpoint folder.
 RUN_FILES = {
     "config.yaml": "the resolved run config",
@@ -29,6 +31,17 @@ RUN_FILES = {
     "report.html": "written by `inat-jobs report`: one self-contained page",
     "wandb/": "W&B run files (offline runs: upload with `wandb sync`)",
 }
+
+
+def require_model(run_dir: str | os.PathLike) -> Path:
+    """RUN/model.keras, or the one-line error; checked before a job is submitted for the run, too."""
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise InatError(f"{run_dir}: run directory not found")
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file():
+        raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
+    return model_path
 
 
 def scratch_root(out: str | os.PathLike | None = None) -> Path:

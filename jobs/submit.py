@@ -137,6 +137,8 @@ def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_
     if cluster is None or resolve_cluster(cluster) == "local":
         return False
     profile = load_profile(profile_path, cluster_set or [], image)
+    for run in runs:  # a job for a run without a model would only fail on the node
+        layout.require_model(run)
     group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile)
     print(f"{stage}: submitted job {sub.job_id} ({len(sub.task_ids)} task(s)): {', '.join(sub.task_ids)}")
     print(f"watch:   inat-jobs status {group}")
