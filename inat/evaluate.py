@@ -23,8 +23,13 @@ def evaluate(
     run_dir: str | os.PathLike,
     data_root: str | os.PathLike | None = None,
     batch_size: int | None = None,
+    cache_root: str | os.PathLike | None = None,
 ) -> dict:
-    """Write RUN/test_metrics.json and RUN/predictions.csv; return the metrics."""
+    """Write RUN/test_metrics.json and RUN/predictions.csv; return the metrics.
+
+    With `cache_root`, test images come from a matching decoded-image cache if one is there
+    (see `inat.cache`; nothing is built for a single pass over the test split).
+    """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
     run_dir = Path(run_dir).resolve()
@@ -38,7 +43,7 @@ def evaluate(
     model = models.load_model(model_path)
 
     ds = data.dataset_for(
-        splits, "test", models.input_size(cfg), batch_size or cfg.batch_size, training=False
+        splits, "test", models.input_size(cfg), batch_size or cfg.batch_size, training=False, cache=cache_root
     )
     y_true, probs = [], []
     for images, labels in ds:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import layout
 from .config import RunConfig
 from .errors import InatError
 from .fsutil import write_json
@@ -243,8 +244,10 @@ def train_trial(tr: TrialRun) -> Outcome:
     tracking.start(tr.run_dir, tr.config.to_dict(), name=run_id, run_id=run_id, group=tr.sweep.id,
                    job_type="sweep")
     try:
+        # All agents share SCRATCH/cache: the first one to need a size decodes the images once.
         result = train(tr.config, tr.run_dir, tr.sweep.data_root, callbacks=[Pruning()],
-                       wandb_group=tr.sweep.id, wandb_job_type="sweep", verbose=0)
+                       wandb_group=tr.sweep.id, wandb_job_type="sweep", verbose=0,
+                       cache_root=layout.cache_dir(tr.sweep.scratch_root))
     finally:
         run = getattr(sys.modules.get("wandb"), "run", None)
         if run is not None:  # train() failed before it took the run over

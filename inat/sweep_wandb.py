@@ -17,7 +17,7 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
-from . import tracking
+from . import layout, tracking
 from .errors import InatError
 from .sweep import Sweep, mark_run, read_trial
 from .sweep_spec import SweepSpec
@@ -117,7 +117,8 @@ def run_agent(sweep: Sweep, count: int | None = None) -> None:
         run.define_metric(spec.metric, step_metric="epoch", summary="max" if spec.maximize else "min")
         cfg = sweep.trial_config(spec, dict(run.config), run_id)
         try:
-            train(cfg, run_dir, sweep.data_root, wandb_group=sweep.id, wandb_job_type="sweep", verbose=0)
+            train(cfg, run_dir, sweep.data_root, wandb_group=sweep.id, wandb_job_type="sweep", verbose=0,
+                  cache_root=layout.cache_dir(sweep.scratch_root))
         except Exception as exc:
             # W&B's agent stops a run (hyperband) by raising a bare Exception inside this thread.
             if type(exc) is Exception and not exc.args:

@@ -60,8 +60,15 @@ def train(
     wandb_group: str | None = None,
     wandb_job_type: str = "train",
     verbose: int | None = None,
+    cache_root: str | os.PathLike | None = None,
+    build_cache: bool = True,
 ) -> TrainResult:
     """Train `cfg` into `run_dir`, resuming if the directory holds an unfinished run of the same config.
+
+    `cache_root` (normally `layout.cache_dir(SCRATCH)`) turns on the decoded-image cache: batches
+    come from the cache of this dataset at this input size when one matches the files on disk;
+    if none does and `build_cache` is true, it is built first (once, however many runs start
+    together; see `inat.cache`). Without `cache_root` the JPEGs are decoded every epoch.
 
     A new run directory that fails before its first epoch is committed (bad data, missing weights,
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
@@ -73,14 +80,16 @@ def train(
     make_dir(run_dir)
     try:
         with _exclusive(run_dir):
-            return _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose)
+            return _train_locked(
+                cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
+            )
     except Exception:
         if created and not (run_dir / "checkpoint" / "state.json").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
-def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose):
+def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache):
     _remove_stale_temps(run_dir)
     state = _read_state(run_dir)
     _check_same_config(cfg, run_dir, resuming=state is not None)
@@ -104,10 +113,11 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
         return _finish(run_dir, cfg, splits, state, "completed")
 
     size = models.input_size(cfg)
+    cache = _find_or_build_cache(splits, size, cache_root, build_cache) if cache_root is not None else None
     train_ds = data.dataset_for(
-        splits, "train", size, cfg.batch_size, training=True, augment=cfg.data_augment, seed=cfg.seed
+        splits, "train", size, cfg.batch_size, training=True, augment=cfg.data_augment, seed=cfg.seed, cache=cache
     )
-    val_ds = data.dataset_for(splits, "val", size, cfg.batch_size, training=False)
+    val_ds = data.dataset_for(splits, "val", size, cfg.batch_size, training=False, cache=cache)
 
     tracker = tracking.start(
         run_dir,
@@ -196,6 +206,20 @@ def save_model_atomic(model, path: Path) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise InatError(f"cannot write {path}: {os_reason(exc)}") from None
+
+
+def _find_or_build_cache(splits, image_size: int, cache_root, build: bool):
+    from . import cache
+
+    found = cache.find_cache(splits, image_size, cache_root)
+    if found is None and build:
+        try:
+            cache.build_cache(splits.root, image_size, cache_root)
+        except InatError as exc:  # e.g. scratch is full: slower, but the run still trains
+            log.warning("could not build the decoded-image cache (%s); decoding the JPEGs", exc)
+            return None
+        found = cache.find_cache(splits, image_size, cache_root)
+    return found
 
 
 # ---- run directory bookkeeping ------------------------------------------------------------------

@@ -35,6 +35,9 @@ def train(
     run_id: Optional[str] = typer.Option(
         None, "--run-id", help="Name of the run directory. Re-running with the same id resumes after the last finished epoch."
     ),
+    cache: bool = typer.Option(
+        True, "--cache/--no-cache", help="Read decoded images from SCRATCH/cache/, built first if needed (see cache-data)."
+    ),
 ) -> None:
     """Train one model; writes SCRATCH/runs/RUN_ID/ (config, splits, history.csv, model.keras, checkpoint)."""
     cfg = RunConfig.load(config, set_ or [])
@@ -42,11 +45,12 @@ def train(
         raise InatError(f"--run-id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', not starting with "
                         "'.' (it names a directory under SCRATCH/runs/)")
     _check_data_root(data)
-    run_dir = layout.runs_dir(layout.scratch_root(out)) / (run_id or layout.new_id())
+    scratch = layout.scratch_root(out)
+    run_dir = layout.runs_dir(scratch) / (run_id or layout.new_id())
     typer.echo(f"run directory: {run_dir}")
     from inat.train import train as train_run
 
-    result = train_run(cfg, run_dir, data)
+    result = train_run(cfg, run_dir, data, cache_root=layout.cache_dir(scratch) if cache else None)
     typer.echo(
         f"{result.status}: {result.epochs_done}/{cfg.epochs} epochs, best val_accuracy "
         f"{result.best_val_accuracy:.4f} at epoch {result.best_epoch}; model: {run_dir / 'model.keras'}"

@@ -22,6 +22,7 @@ from typing import Any
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from inat import layout
 from inat.config import RunConfig
 from inat.fsutil import read_json, write_json
 
@@ -183,7 +184,10 @@ def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s:
     from inat.train import train
 
     callbacks = [_delay_callback(epoch_delay_s)] if epoch_delay_s > 0 else []
-    result = train(cfg, run_dir, data_root, callbacks=callbacks, verbose=2)
+    # Train and retrain jobs always write SCRATCH/runs/<id>/ (layout.runs_dir): their cache is
+    # SCRATCH/cache, shared with the sweep's agents, so retraining decodes nothing.
+    cache_root = layout.cache_dir(Path(run_dir).resolve().parent.parent)
+    result = train(cfg, run_dir, data_root, callbacks=callbacks, verbose=2, cache_root=cache_root)
     return {"run_dir": str(run_dir), "status": result.status, "epochs_done": result.epochs_done,
             "best_val_accuracy": result.best_val_accuracy}
 

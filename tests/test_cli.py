@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_cli
 
-COMMANDS = ["train", "test", "model-info", "fetch-weights", "make-demo-data"]
+COMMANDS = ["train", "test", "model-info", "fetch-weights", "make-demo-data", "cache-data"]
 
 
 def test_help_lists_the_commands():

@@ -129,6 +129,9 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     assert (sweep_dir / "sweep.yaml").read_text() == sweep.read_text()
     meta = read_json(sweep_dir / "sweep.json")
     assert meta["backend"] == "local" and meta["fixed"]["epochs"] == 4 and meta["data_root"] == str(data)
+    # The agents share one decoded-image cache under SCRATCH/cache (see tests/test_cache.py).
+    manifests = list((scratch / "cache").glob("*/32px/manifest.json"))
+    assert len(manifests) == 1 and len(read_json(manifests[0])["files"]) == 10 * 8
 
     status = run_cli("sweep-status", launched["sweep_id"], "--out", str(scratch), "--json")
     assert status.returncode == 0, status.stderr
