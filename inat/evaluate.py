@@ -33,11 +33,7 @@ def evaluate(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
     run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise InatError(f"{run_dir}: run directory not found")
-    model_path = run_dir / "model.keras"
-    if not model_path.is_file():
-        raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
+    model_path = require_model(run_dir)
     cfg = RunConfig.load(run_dir / "config.yaml")
     splits = data.Splits.load(run_dir / "splits.json", root=str(data_root) if data_root else None)
     model = models.load_model(model_path)
@@ -67,6 +63,17 @@ def evaluate(
     write_json(run_dir / "test_metrics.json", metrics)
     _write_predictions(run_dir, splits, y_true, y_pred, probs, aligned=metrics["n"] == expected)
     return metrics
+
+
+def require_model(run_dir: str | os.PathLike) -> Path:
+    """RUN/model.keras, or the one-line error; checked before a job is submitted, too."""
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise InatError(f"{run_dir}: run directory not found")
+    model_path = run_dir / "model.keras"
+    if not model_path.is_file():
+        raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
+    return model_path
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:

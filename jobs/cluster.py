@@ -122,6 +122,13 @@ def parse_profile(data: dict[str, Any], source: str, base: ClusterProfile | None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of key: value, got {type(data).__name__}")
     values = {k: _check_value(k, v, source) for k, v in data.items()}
+    for key in ("setup", "extra"):
+        # These go verbatim into every sbatch script on scratch; a key there is a key on disk.
+        if key in values and "WANDB_API_KEY" in repr(values[key]):
+            raise ConfigError(
+                f"{source}: key '{key}' sets WANDB_API_KEY, which would be written into every job script; "
+                "export it in your shell (jobs inherit it) or use `wandb login` instead"
+            )
     base = base or ClusterProfile()
     if "stages" in values:
         values["stages"] = {**base.stages, **values["stages"]}

@@ -46,8 +46,13 @@ def visualize(
     names = parse_what(what)  # a typo fails before the model loads
     if max_images < 1:
         raise InatError(f"--max-images {max_images}: must be at least 1")
+    from inat.evaluate import require_model
+
     from .submit import maybe_submit
     from .tasks import visualize_run
+
+    for one in run:  # before anything is submitted: a job would only fail on the node
+        require_model(one)
 
     args = (names, data and data.resolve(), seed, max_images, pdf)
     if maybe_submit("visualize", run, cluster, profile, cluster_set, image, lambda r: (visualize_run, (r, *args))):

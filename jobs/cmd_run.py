@@ -68,9 +68,15 @@ def test(
     image: Optional[Path] = ImageOpt,
 ) -> None:
     """Evaluate each run's model.keras on the test split; writes RUN/test_metrics.json and predictions.csv."""
+    from inat.evaluate import require_model
+
     from .submit import maybe_submit
     from .tasks import evaluate_run
 
+    if batch_size is not None and batch_size < 1:
+        raise InatError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
+    for run_dir in run:  # before anything is submitted: a job would only fail on the node
+        require_model(run_dir)
     if maybe_submit("test", run, cluster, profile, cluster_set, image, lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))):
         return
     from inat.evaluate import evaluate, format_table

@@ -31,7 +31,7 @@ from typing import Any
 
 from inat import layout
 from inat.errors import InatError
-from inat.fsutil import atomic_path, read_json, write_json
+from inat.fsutil import atomic_path, make_dir, read_json, write_json
 
 from . import jobstate
 
@@ -100,7 +100,7 @@ def collect(target: Target, dest: str | os.PathLike) -> Path:
     """Copy `target`'s results into DEST/<id>/ (or DEST.tar.gz); returns what was written."""
     dest = Path(dest).expanduser().resolve()
     if dest.name.endswith(".tar.gz"):
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(dest.parent, "--dest")
         stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
             _collect_tree(target, stage / target.id)
@@ -109,13 +109,15 @@ def collect(target: Target, dest: str | os.PathLike) -> Path:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         return dest
+    if dest.exists() and not dest.is_dir():
+        raise InatError(f"--dest {dest}: {dest.name} is a file, not a directory; name a directory or a .tar.gz")
     root = dest / target.id
     _collect_tree(target, root)
     return root
 
 
 def _collect_tree(target: Target, root: Path) -> None:
-    root.mkdir(parents=True, exist_ok=True)
+    make_dir(root, "--dest")
     if target.record_file.is_file():
         copy_file(target.record_file, root / target.record_file.name)
     if target.sweep_dir is not None and target.sweep_dir.is_dir():

@@ -11,7 +11,11 @@ and the logs <jobid>_<task>_0_log.out/.err), and a record of it is appended to t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,11 +56,17 @@ def submit_calls(stage: str, calls: Sequence[Call], profile: ClusterProfile, fol
     """Submit `calls` as one Slurm array (or one job), with the profile's settings for `stage`."""
     if not calls:
         raise InatError(f"{stage}: nothing to submit")
+    fresh = not folder.exists()
     executor = make_executor(profile.for_stage(stage), folder, f"inat-{stage}", dependency)
     try:
-        with executor.batch():
+        # sbatch writes its complaint to our stderr; the error below repeats it as one line.
+        with _stderr_to_devnull(), executor.batch():
             jobs = [executor.submit(fn, *args) for fn, args in calls]
     except Exception as exc:
+        if fresh:  # nothing was queued: leave no job folder that looks like a submission
+            shutil.rmtree(folder, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # SCRATCH/jobs/<id>/, if this was its only stage
         raise InatError(f"submitting the {stage} job failed: {_sbatch_message(exc)}") from None
     ids = [j.job_id for j in jobs]
     array_id = ids[0].split("_")[0]
@@ -142,6 +152,19 @@ def add_records(path: Path, subs: Sequence[Submitted]) -> None:
 def _summary(states: list[str]) -> str:
     counts = {s: states.count(s) for s in dict.fromkeys(states)}
     return ", ".join(f"{n} {s.lower()}" for s, n in counts.items()) or "none"
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _sbatch_message(exc: Exception) -> str:

@@ -37,6 +37,16 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
     )
 
 
+def one_error_line(result, fragment: str) -> str:
+    """The CLI failed as users should see it: exit 2, no traceback, one error line naming `fragment`."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("inat-jobs: error")]
+    assert len(errors) == 1, result.stderr
+    assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
     from inat.demo import make_demo_data

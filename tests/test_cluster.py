@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from conftest import REPO, one_error_line, run_cli
 from inat.config import RunConfig
 from inat.errors import ConfigError
 from inat.fsutil import read_json, write_json
@@ -24,15 +24,6 @@ from jobs.collect import collect, resolve
 GOLDEN = Path(__file__).parent / "golden"
 CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
 EXAMPLE_PROFILE = REPO / "configs" / "clusters" / "example.yaml"
-
-
-def one_error_line(result, fragment):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("inat-jobs: error")]
-    assert len(errors) == 1, result.stderr
-    assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 # ---- profiles ---------------------------------------------------------------------------------------
@@ -393,3 +384,8 @@ def test_a_restarted_agent_runs_only_the_trials_it_has_left(tmp_path, demo_data)
     assert len(AgentTask()(sw.dir, 0, 3)["trials"]) == 1
     attempts = read_json(sw.agents_dir / "agent-0.attempts.json")
     assert [a["outcome"] for a in attempts] == ["completed"] * 3
+
+
+def test_a_profile_may_not_write_the_wandb_key_into_job_scripts():
+    with pytest.raises(ConfigError, match="key 'setup' sets WANDB_API_KEY"):
+        cluster.parse_profile({"setup": ["export WANDB_API_KEY=abc"]}, "p.yaml")

@@ -10,20 +10,11 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from conftest import REPO, one_error_line, run_cli
 from inat.config import RunConfig
 from inat.fsutil import read_json
 
 PART_A = str(REPO / "configs" / "sweeps" / "sweep_partA.yaml")
-
-
-def one_error_line(result, fragment):
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("inat-jobs: error")]
-    assert len(errors) == 1, result.stderr
-    assert fragment in errors[0], errors[0]
-    return errors[0]
 
 
 @pytest.fixture
