@@ -147,6 +147,12 @@ def trained_ok(c: Ctx) -> Path:
     return run
 
 
+def cache_bad(c: Ctx, rel: str) -> None:
+    trained_ok(c)
+    (manifest,) = (c.scratch / "cache").glob("*/*px/manifest.json")
+    assert rel in [row[0] for row in json.loads(manifest.read_text())["bad"]]
+
+
 def bad_recorded(*expected: tuple[str, str]) -> Callable[[Ctx], None]:
     def check(c: Ctx) -> None:
         trained_ok(c)
@@ -273,10 +279,14 @@ CASES = [
          ok=True, slow=True, check=accepted("train/Aves/cmyk.jpg")),
     Case("junk-files", train_new, ("ignored 4 non-image file(s)", "4 files ignored"), setup=junk_files, ok=True,
          slow=True, check=junk_recorded),
-    # Valid start and end markers around noise: the cheap check cannot see it (a documented gap);
-    # the pipeline drops or decodes it and training still finishes.
-    Case("jpeg-corrupt-inside", train_new, ("INFO: data: 10 classes",), setup=corrupt_inside, ok=True, slow=True,
-         check=trained_ok),
+    # Valid start and end markers around noise: the cheap check cannot see it. Building the decoded-
+    # image cache (train's default) decodes every image and names it; without the cache the pipeline
+    # drops or decodes it unnamed (a documented gap), and training still finishes.
+    Case("jpeg-corrupt-inside", train_new,
+         ("cache skipped 1 unreadable image(s): train/Aves/scribbled.jpg (TensorFlow could not decode it",),
+         setup=corrupt_inside, ok=True, slow=True, check=lambda c: cache_bad(c, "train/Aves/scribbled.jpg")),
+    Case("jpeg-corrupt-inside-no-cache", lambda c: train(c, "--run-id", "new", "--no-cache"), ("INFO: data: 10 classes",),
+         setup=corrupt_inside, ok=True, slow=True, check=trained_ok),
     # -- the dataset ------------------------------------------------------------------------------------
     Case("data-root-missing", lambda c: train(c, data=c.tmp / "nope"),
          ("--data", "nope: directory not found")),
@@ -437,6 +447,28 @@ def small_data(tmp_path_factory) -> Path:
     return make_demo_data(tmp_path_factory.mktemp("bad-input") / "data", n_train_per_class=4, n_test_per_class=2)
 
 
+def whole_caches(ctx: Ctx, new_files: set[str]) -> set[str]:
+    """Those of `new_files` that make up finished decoded-image caches (inat.cache) and their lock
+    files. `train` builds the cache before its first epoch; a finished cache is a shared, reusable
+    result (renamed into place whole), not something the failed run half-wrote."""
+    from inat.cache import MANIFEST, open_cache
+
+    whole = set()
+    for rel in new_files:
+        path = ctx.tmp / rel
+        if "cache" not in Path(rel).parts:
+            continue
+        if path.name.endswith("px.lock") and path.stat().st_size == 0:
+            whole.add(rel)
+        elif (path.parent / MANIFEST).is_file():
+            try:
+                open_cache(path.parent)
+            except Exception:  # noqa: BLE001 - any failure means it is not a whole cache
+                continue
+            whole.add(rel)
+    return whole
+
+
 def snapshot(root: Path) -> tuple[dict[str, tuple[int, int]], set[str]]:
     files, dirs = {}, set()
     for path in root.rglob("*"):
@@ -508,9 +540,12 @@ def test_bad_input(case: Case, ctx: Ctx):
             assert all(line.startswith(("INFO: ", "WARNING: ")) for line in lines[:-1]), shown
         for fragment in case.expect:
             assert fragment in lines[-1], shown
-        # Nothing half-written: no file created, changed or removed; no run or sweep directory left.
-        assert after[0] == before[0], shown
-        new_dirs = after[1] - before[1]
+        # Nothing half-written: no file created, changed or removed (but a finished image cache);
+        # no run or sweep directory left.
+        new_files = set(after[0]) - set(before[0])
+        caches = whole_caches(ctx, new_files)
+        assert {k: v for k, v in after[0].items() if k not in caches} == before[0], shown
+        new_dirs = {d for d in after[1] - before[1] if not any(f.startswith(d + "/") for f in caches)}
         allowed = {str(p.relative_to(ctx.tmp)) for p in (ctx.scratch, ctx.scratch / "runs", ctx.scratch / "sweeps",
                                                          ctx.scratch / "jobs")}  # empty layout folders
         allowed |= {f"{m.name}/runs" for m in ctx.mounts}
