@@ -67,10 +67,11 @@ def agent_id(index: int) -> str:
 # ---- bookkeeping ---------------------------------------------------------------------------------------
 
 
-def record_attempt(path: Path, outcome: str | None = None) -> None:
+def record_attempt(path: Path, outcome: str | None = None, history: Path | None = None) -> None:
     """Append this start (or set the last start's outcome) in PATH, a JSON list of attempts.
 
-    A requeued job keeps its job id; SLURM_RESTART_COUNT says which attempt this is.
+    A requeued job keeps its job id; SLURM_RESTART_COUNT says which attempt this is. For a training
+    run, `history` (its history.csv) gives the epochs already finished when the attempt started.
     """
     attempts = read_json(path) if path.is_file() else []
     if outcome is None:
@@ -82,9 +83,19 @@ def record_attempt(path: Path, outcome: str | None = None) -> None:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "outcome": "running",
         })
+        if history is not None:
+            attempts[-1]["epochs_done_at_start"] = _epochs_done(history)
     elif attempts:
         attempts[-1].update(outcome=outcome, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_json(path, attempts)
+
+
+def _epochs_done(history: Path) -> int:
+    """Rows of history.csv: train() appends one per finished epoch, after its checkpoint."""
+    try:
+        return max(0, len(history.read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
 
 
 def _slurm_job_id() -> str | None:
@@ -106,11 +117,11 @@ class _Recorded(Checkpointable):
                         "finished epoch")
         return super().checkpoint(*args, **kwargs)
 
-    def _run(self, attempts: Path, fn, *args, **kwargs):
+    def _run(self, attempts: Path, fn, *args, history: Path | None = None):
         self._attempts, self._signalled = attempts, False
-        record_attempt(attempts)
+        record_attempt(attempts, history=history)
         try:
-            result = fn(*args, **kwargs)
+            result = fn(*args)
         except Exception as exc:
             record_attempt(attempts, f"failed: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
             raise
@@ -129,7 +140,8 @@ class TrainTask(_Recorded):
                  epoch_delay_s: float = 0.0) -> dict:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, data_root, epoch_delay_s)
+        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, data_root, epoch_delay_s,
+                         history=run_dir / "history.csv")
 
 
 class RetrainTask(_Recorded):
@@ -156,7 +168,8 @@ class RetrainTask(_Recorded):
             trial, cfg, val_acc = picked
             write_origin(run_dir, sweep.id, trial, rank, seed, val_acc)
         run_dir.mkdir(parents=True, exist_ok=True)
-        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0)
+        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0,
+                         history=run_dir / "history.csv")
 
 
 def pick_config(sweep_dir: Path, rank: int, seed: int,

@@ -229,6 +229,20 @@ def fake_sweep(tmp_path):
     return sweep
 
 
+def test_attempts_record_where_each_training_attempt_started(tmp_path, monkeypatch):
+    attempts, history = tmp_path / "attempts.json", tmp_path / "history.csv"
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    tasks.record_attempt(attempts, history=history)  # a new run: no history yet
+    tasks.record_attempt(attempts, "signalled (time-out or preemption): requeued")
+    history.write_text("epoch,loss\n1,0.9\n2,0.8\n3,0.7\n")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    tasks.record_attempt(attempts, history=history)
+    got = read_json(attempts)
+    assert [(a["restart"], a["epochs_done_at_start"], a["outcome"]) for a in got] == [
+        (0, 0, "signalled (time-out or preemption): requeued"), (1, 3, "running")]
+    assert got[0]["slurm_job_id"] == "77"
+
+
 def test_retrain_plan_names_and_picks(fake_sweep):
     assert tasks.retrain_plan(2, 3) == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     runs = tasks.retrain_dirs(Path("/s/runs"), "S1", 1, 2)

@@ -143,6 +143,8 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     assert len(attempts) >= 2 and attempts[-1]["outcome"] == "completed"
     assert all(a["outcome"].startswith("signalled") for a in attempts[:-1])
     assert [a["restart"] for a in attempts] == list(range(len(attempts)))
+    starts = [a["epochs_done_at_start"] for a in attempts]
+    assert starts[0] == 0 and starts == sorted(starts) and starts[-1] > 0, starts  # resumed, never reset
     states = [r[2] for r in sacct_rows(sub.job_id, duplicates=True)]
     assert states.count("REQUEUED") == len(attempts) - 1 and states[-1] == "COMPLETED"
     assert read_json(run / "run.json")["status"] == "completed"
@@ -155,7 +157,8 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     assert began.count(1) == 1 and sorted(set(began)) == [1, 2, 3, 4, 5, 6], began
     restarts = [b for a, b in zip(began, began[1:]) if b <= a]
     assert all(b > 1 for b in restarts), began
-    print(f"\nrequeued {len(attempts) - 1} time(s); epochs begun, in order: {began}")
+    print(f"\nrequeued {len(attempts) - 1} time(s); attempts started after epochs {starts}; "
+          f"epochs begun, in order: {began}")
 
 
 def test_plain_sbatch_test_script(tmp_path, trained_run):
