@@ -74,7 +74,7 @@ def train(
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
     """
     run_dir = Path(run_dir).resolve()
-    if not (run_dir / "checkpoint" / "state.json").exists():
+    if not _state_path(run_dir).exists():
         resolve_weights(cfg)  # a missing weights file fails here, before anything is written
     created = not run_dir.exists()
     make_dir(run_dir)
@@ -84,7 +84,7 @@ def train(
                 cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
             )
     except Exception:
-        if created and not (run_dir / "checkpoint" / "state.json").exists():
+        if created and not _state_path(run_dir).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -261,13 +261,25 @@ def _remove_stale_temps(run_dir: Path) -> None:
 
 
 def _read_state(run_dir: Path) -> dict | None:
-    path = run_dir / "checkpoint" / "state.json"
+    path = _state_path(run_dir)
     if not path.exists():
         return None
     state = read_json(path)
     if not (run_dir / "checkpoint" / state.get("checkpoint", "")).is_file():
         raise InatError(f"{path}: names a checkpoint that is missing; start a new --run-id")
     return state
+
+
+def _state_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoint" / "state.json"
+
+
+def committed_epochs(run_dir: str | os.PathLike) -> int:
+    """Epochs past the commit point (checkpoint/state.json): where the next train() resumes.
+
+    history.csv may hold one more row, from a kill before the commit; the resume trims it."""
+    path = _state_path(Path(run_dir))
+    return int(read_json(path).get("epoch", 0)) if path.exists() else 0
 
 
 def _read_history(path: Path) -> list[list[str]]:

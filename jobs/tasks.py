@@ -67,11 +67,12 @@ def agent_id(index: int) -> str:
 # ---- bookkeeping ---------------------------------------------------------------------------------------
 
 
-def record_attempt(path: Path, outcome: str | None = None, history: Path | None = None) -> None:
+def record_attempt(path: Path, outcome: str | None = None, run_dir: Path | None = None) -> None:
     """Append this start (or set the last start's outcome) in PATH, a JSON list of attempts.
 
     A requeued job keeps its job id; SLURM_RESTART_COUNT says which attempt this is. For a training
-    run, `history` (its history.csv) gives the epochs already finished when the attempt started.
+    run, `run_dir` gives the epochs already committed when the attempt started (null if its state
+    file is unreadable: the attempt then fails, and says why, as its outcome).
     """
     attempts = read_json(path) if path.is_file() else []
     if outcome is None:
@@ -83,19 +84,21 @@ def record_attempt(path: Path, outcome: str | None = None, history: Path | None 
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "outcome": "running",
         })
-        if history is not None:
-            attempts[-1]["epochs_done_at_start"] = _epochs_done(history)
+        if run_dir is not None:
+            attempts[-1]["epochs_done_at_start"] = _committed_epochs(run_dir)
     elif attempts:
         attempts[-1].update(outcome=outcome, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     write_json(path, attempts)
 
 
-def _epochs_done(history: Path) -> int:
-    """Rows of history.csv: train() appends one per finished epoch, after its checkpoint."""
+def _committed_epochs(run_dir: Path) -> int | None:
+    from inat.errors import InatError
+    from inat.train import committed_epochs  # the node imports it to train anyway
+
     try:
-        return max(0, len(history.read_text().splitlines()) - 1)
-    except FileNotFoundError:
-        return 0
+        return committed_epochs(run_dir)
+    except InatError:
+        return None
 
 
 def _slurm_job_id() -> str | None:
@@ -117,9 +120,9 @@ class _Recorded(Checkpointable):
                         "finished epoch")
         return super().checkpoint(*args, **kwargs)
 
-    def _run(self, attempts: Path, fn, *args, history: Path | None = None):
+    def _run(self, attempts: Path, fn, *args, run_dir: Path | None = None):
         self._attempts, self._signalled = attempts, False
-        record_attempt(attempts, history=history)
+        record_attempt(attempts, run_dir=run_dir)
         try:
             result = fn(*args)
         except Exception as exc:
@@ -141,7 +144,7 @@ class TrainTask(_Recorded):
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         return self._run(run_dir / "attempts.json", _train, cfg, run_dir, data_root, epoch_delay_s,
-                         history=run_dir / "history.csv")
+                         run_dir=run_dir)
 
 
 class RetrainTask(_Recorded):
@@ -169,7 +172,7 @@ class RetrainTask(_Recorded):
             write_origin(run_dir, sweep.id, trial, rank, seed, val_acc)
         run_dir.mkdir(parents=True, exist_ok=True)
         return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0,
-                         history=run_dir / "history.csv")
+                         run_dir=run_dir)
 
 
 def pick_config(sweep_dir: Path, rank: int, seed: int,

@@ -230,13 +230,16 @@ def fake_sweep(tmp_path):
 
 
 def test_attempts_record_where_each_training_attempt_started(tmp_path, monkeypatch):
-    attempts, history = tmp_path / "attempts.json", tmp_path / "history.csv"
+    attempts, run = tmp_path / "attempts.json", tmp_path / "run"
     monkeypatch.setenv("SLURM_JOB_ID", "77")
-    tasks.record_attempt(attempts, history=history)  # a new run: no history yet
+    tasks.record_attempt(attempts, run_dir=run)  # a new run: nothing committed yet
     tasks.record_attempt(attempts, "signalled (time-out or preemption): requeued")
-    history.write_text("epoch,loss\n1,0.9\n2,0.8\n3,0.7\n")
+    (run / "checkpoint").mkdir(parents=True)
+    write_json(run / "checkpoint" / "state.json", {"epoch": 3, "checkpoint": "epoch-0003.keras"})
+    # a kill after epoch 4's history row but before its commit: the resume starts after epoch 3
+    (run / "history.csv").write_text("epoch,loss\n1,0.9\n2,0.8\n3,0.7\n4,0.6\n")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    tasks.record_attempt(attempts, history=history)
+    tasks.record_attempt(attempts, run_dir=run)
     got = read_json(attempts)
     assert [(a["restart"], a["epochs_done_at_start"], a["outcome"]) for a in got] == [
         (0, 0, "signalled (time-out or preemption): requeued"), (1, 3, "running")]
