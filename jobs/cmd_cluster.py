@@ -19,6 +19,7 @@ from . import jobstate
 from .cli import app
 from .cluster import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
 from .cmd_run import DataOpt, OutOpt, SetOpt
+from .cmd_sweep import AgentsOpt, BackendOpt, SeedOpt, StorageOpt, TrialsPerAgentOpt
 
 TopKOpt = typer.Option(1, "--top-k", "-k", help="Retrain the K best finished trials of the sweep.")
 SeedsOpt = typer.Option(
@@ -103,21 +104,14 @@ def pipeline(
     sweep: Path = typer.Option(
         ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_demo.yaml."
     ),
-    agents: int = typer.Option(..., "--agents", "-n", help="Number of sweep agents."),
-    trials_per_agent: Optional[int] = typer.Option(
-        None, "--trials-per-agent", "-m",
-        help="Trials each agent runs (default: until run_cap / the grid ends the sweep).",
-    ),
-    backend: str = typer.Option(
-        "local", "--backend", help="local: Optuna on scratch storage; wandb: W&B's server."
-    ),
+    agents: int = AgentsOpt,
+    trials_per_agent: Optional[int] = TrialsPerAgentOpt,
+    backend: str = BackendOpt,
     data: Path = DataOpt,
     out: Optional[Path] = OutOpt,
     set_: Optional[List[str]] = SetOpt,
-    storage: Optional[str] = typer.Option(
-        None, "--storage", help="Optuna RDB URL instead of the journal file."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Sampler seed."),
+    storage: Optional[str] = StorageOpt,
+    seed: int = SeedOpt,
     top_k: int = TopKOpt,
     seeds: int = SeedsOpt,
     epochs: Optional[int] = EpochsOpt,

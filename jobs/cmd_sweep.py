@@ -27,6 +27,18 @@ from .cli import app
 from .cluster import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
 from .cmd_run import DataOpt, OutOpt, SetOpt
 
+# The sweep options of launch-sweep, which `pipeline` takes too.
+AgentsOpt = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start.")
+TrialsPerAgentOpt = typer.Option(
+    None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."
+)
+BackendOpt = typer.Option(
+    "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server."
+)
+StorageOpt = typer.Option(
+    None, "--storage", help="Optuna RDB URL (e.g. postgresql://...) instead of the journal file (local backend)."
+)
+SeedOpt = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it).")
 StaleOpt = typer.Option(
     600.0, "--stale-after",
     help="Seconds without a heartbeat after which a running trial counts as dead (local backend).",
@@ -38,14 +50,9 @@ def launch_sweep(
     sweep: Path = typer.Option(
         ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_partA.yaml."
     ),
-    agents: int = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start."),
-    trials_per_agent: Optional[int] = typer.Option(
-        None, "--trials-per-agent", "-m",
-        help="Trials each agent runs (default: until run_cap / the grid ends the sweep).",
-    ),
-    backend: str = typer.Option(
-        "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server."
-    ),
+    agents: int = AgentsOpt,
+    trials_per_agent: Optional[int] = TrialsPerAgentOpt,
+    backend: str = BackendOpt,
     cluster: Optional[str] = ClusterOpt,
     profile_path: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
@@ -53,10 +60,8 @@ def launch_sweep(
     data: Path = DataOpt,
     out: Optional[Path] = OutOpt,
     set_: Optional[List[str]] = SetOpt,
-    storage: Optional[str] = typer.Option(
-        None, "--storage", help="Optuna RDB URL (e.g. postgresql://...) instead of the journal file (local backend)."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it)."),
+    storage: Optional[str] = StorageOpt,
+    seed: int = SeedOpt,
     wait: bool = typer.Option(False, "--wait", help="Block until the agents finish; non-zero exit if one failed."),
     json_: bool = typer.Option(
         False, "--json", help="Print one JSON object {sweep_id, job_ids, out} and nothing else."
