@@ -20,6 +20,9 @@ from .fsutil import write_text
 MODELS = ("scratch", "inceptionv3", "inceptionresnetv2", "resnet50", "xception")
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "silu", "leaky_relu", "mish")
 POOLINGS = ("avg", "max")
+# What train() logs each epoch, so what can pick the kept epoch (and what a sweep can rank on).
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+GOALS = ("auto", "maximize", "minimize")
 
 
 @dataclass
@@ -46,6 +49,11 @@ class RunConfig:
     trainable_layers: int = 100
     weights: str = "imagenet"
     pooling: str = "avg"
+    # Which epoch model.keras keeps, and the number that ranks the run: a sweep sets both to its
+    # `metric` (name and goal) so that the model kept is the model ranked. auto: accuracies are
+    # maximised, losses minimised.
+    monitor: str = "val_accuracy"
+    monitor_goal: str = "auto"
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -93,6 +101,12 @@ class RunConfig:
     def is_transfer(self) -> bool:
         return self.model != "scratch"
 
+    @property
+    def monitor_maximize(self) -> bool:
+        if self.monitor_goal == "auto":
+            return "accuracy" in self.monitor
+        return self.monitor_goal == "maximize"
+
     # ---- validation ---------------------------------------------------------------------------
 
     def validate(self, source: str = "config") -> None:
@@ -133,6 +147,10 @@ class RunConfig:
             raise bad("pooling", f"allowed: {', '.join(POOLINGS)}")
         if not self.weights:
             raise bad("weights", "allowed: imagenet, none, or a path to a weights file")
+        if self.monitor not in MONITORS:
+            raise bad("monitor", f"allowed: {', '.join(MONITORS)}")
+        if self.monitor_goal not in GOALS:
+            raise bad("monitor_goal", f"allowed: {', '.join(GOALS)}")
 
 
 # ---- parsing helpers ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ RUN_FILES = {
     "run.json": "run id, data root, classes, status, library versions",
     "splits.json": "the train / val / test file lists, so retraining and testing reproduce them",
     "history.csv": "one row per finished epoch: epoch, loss, accuracy, val_loss, val_accuracy, seconds",
-    "model.keras": "the best model so far, by val_accuracy",
+    "model.keras": "the model of the best epoch so far, by the config's monitor (a sweep's metric)",
     "checkpoint/": "the last finished epoch's model and state, for resuming",
     "test_metrics.json": "written by `inat-jobs test`",
     "predictions.csv": "written by `inat-jobs test`: one row per test image",

@@ -60,7 +60,7 @@ def write_report(path: str | os.PathLike) -> Path:
 
 def run_page(run_dir: Path) -> str:
     from .config import RunConfig
-    from .train import read_history
+    from .history import read_history
 
     info = _json_or_empty(run_dir / "run.json")
     cfg = RunConfig.load(run_dir / "config.yaml")

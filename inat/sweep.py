@@ -15,20 +15,20 @@ backends write, so the best configs are available without the W&B server or the 
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import layout
 from .config import RunConfig
 from .data import _check_root
 from .errors import ConfigError, InatError
 from .fsutil import atomic_path, make_dir, read_json, write_json
+from .history import best_epoch, committed_rows
 from .sweep_spec import SweepSpec, load_spec
 
 BACKENDS = ("local", "wandb")
@@ -69,7 +69,8 @@ class Sweep:
         return load_spec(self.spec_path, self.fixed)
 
     def trial_config(self, spec: SweepSpec, params: dict[str, Any], name: str) -> RunConfig:
-        return RunConfig.from_dict({**self.fixed, **spec.constants, **params}, f"sweep {self.id} trial {name}")
+        return RunConfig.from_dict({**self.fixed, **spec.constants, **params, **spec.rank_config},
+                                   f"sweep {self.id} trial {name}")
 
     def save(self) -> None:
         data = asdict(self)
@@ -128,24 +129,41 @@ def trial_name(number: int) -> str:
 
 
 def read_trial(run_dir: Path, metric: str = "val_accuracy", maximize: bool = True) -> dict[str, Any]:
-    """What one trial's run directory says: status, epochs done, best metric, config."""
+    """What one trial's run directory says: status, epochs done, its best epoch by `metric`, config.
+
+    The best epoch is picked by the rule train() keeps model.keras by (`inat.history.best_epoch`,
+    over the committed epochs), so for a trial trained with the sweep's metric it is the epoch its
+    model.keras holds; `best_val_accuracy` is the val_accuracy of that epoch.
+    """
     info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    history = history_rows(run_dir / "history.csv")
-    values = [r[metric] for r in history if not math.isnan(r.get(metric, math.nan))]
-    best = (max(values) if maximize else min(values)) if values else None
-    val_acc = [r["val_accuracy"] for r in history if not math.isnan(r.get("val_accuracy", math.nan))]
+    history = committed_rows(run_dir)
+    best = best_epoch(history, metric, maximize)
+    at = next((r for r in history if best and int(r["epoch"]) == best[0]), {})
+    val_acc = at.get("val_accuracy", math.nan)
     return {
         "trial": run_dir.name,
         "state": STATES.get(info.get("status", "running"), info.get("status", "running")),
         "epochs_done": len(history),
-        "best_metric": best,
-        "best_val_accuracy": max(val_acc) if val_acc else None,
+        "best_metric": best[1] if best else None,
+        "best_epoch": best[0] if best else None,
+        "best_val_accuracy": None if math.isnan(val_acc) else val_acc,
         "config_path": run_dir / "config.yaml",
     }
 
 
-def best_configs(sweep_dir: str | os.PathLike, top_k: int = 1) -> list[tuple[str, RunConfig, float]]:
-    """The `top_k` finished trials by the sweep's metric: [(trial name, RunConfig, best val_accuracy)].
+class Ranked(NamedTuple):
+    """A finished trial, ranked by the sweep's metric at its best epoch (the epoch its model.keras holds)."""
+
+    trial: str
+    config: RunConfig  # keeps its model by the sweep's metric (monitor) when retrained
+    metric: str
+    value: float  # the sweep's metric at the best epoch
+    epoch: int
+    val_accuracy: float | None  # val_accuracy at that epoch
+
+
+def best_configs(sweep_dir: str | os.PathLike, top_k: int = 1) -> list[Ranked]:
+    """The `top_k` finished trials by the sweep's metric, best first.
 
     Only trials that trained all their epochs count: pruned ones stopped early because they were
     behind, and failed or still-running ones have no final result.
@@ -156,7 +174,8 @@ def best_configs(sweep_dir: str | os.PathLike, top_k: int = 1) -> list[tuple[str
     done = [r for r in rows if r["state"] == "finished" and r["best_metric"] is not None
             and r["config_path"].is_file()]
     done.sort(key=lambda r: r["best_metric"], reverse=spec.maximize)
-    return [(r["trial"], RunConfig.load(r["config_path"]), r["best_val_accuracy"]) for r in done[:top_k]]
+    return [Ranked(r["trial"], RunConfig.load(r["config_path"]).replace(**spec.rank_config), spec.metric,
+                   r["best_metric"], r["best_epoch"], r["best_val_accuracy"]) for r in done[:top_k]]
 
 
 def mark_run(run_dir: Path, status: str, **extra: Any) -> None:
@@ -165,14 +184,6 @@ def mark_run(run_dir: Path, status: str, **extra: Any) -> None:
     info = read_json(path) if path.is_file() else {"run_id": run_dir.name}
     info.update(status=status, **extra)
     write_json(path, info)
-
-
-def history_rows(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: float(v) if v not in ("", None) else math.nan for k, v in r.items()} for r in rows]
 
 
 def _trial_dirs(trials: Path) -> list[Path]:

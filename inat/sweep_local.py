@@ -23,7 +23,8 @@ from . import layout
 from .config import RunConfig
 from .errors import InatError
 from .fsutil import write_json
-from .sweep import Sweep, history_rows, mark_run, read_trial, trial_name
+from .history import committed_rows
+from .sweep import Sweep, mark_run, read_trial, trial_name
 from .sweep_liveness import (
     HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, set_attr, tell, trial_states,
 )
@@ -271,7 +272,11 @@ def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S
             "epochs_done": max(info["epochs_done"], t.last_step or 0),
             "best_val_accuracy": info["best_val_accuracy"] if info["best_val_accuracy"] is not None
             else _best_reported(t, spec),
-            "value": t.value, "params": decode(spec, t.params), "agent": t.user_attrs.get("agent"),
+            # The run directory's numbers (the rule train() keeps model.keras by); the study's value
+            # is the same number once the trial is told.
+            "value": info["best_metric"] if info["best_metric"] is not None else t.value,
+            "best_epoch": info["best_epoch"],
+            "params": decode(spec, t.params), "agent": t.user_attrs.get("agent"),
             "error": t.user_attrs.get("error"),
         })
     return rows
@@ -296,7 +301,7 @@ def _sweep_done(study, spec: SweepSpec) -> str | None:
 
 
 def _history_metric(run_dir: Path, metric: str) -> list[tuple[int, float]]:
-    rows = history_rows(run_dir / "history.csv")
+    rows = committed_rows(run_dir)
     return [(int(r["epoch"]), r[metric]) for r in rows if r.get(metric) == r.get(metric)]  # skips NaN
 
 

@@ -27,6 +27,8 @@ RANGES = ("int_uniform", "uniform", "q_uniform", "log_uniform", "log_uniform_val
 UNBOUNDED = ("normal", "q_normal", "log_normal", "q_log_normal", "beta", "q_beta")
 DISTRIBUTIONS = ("constant", "categorical", *RANGES, *UNBOUNDED)
 INT_KEYS = {f.name for f in fields(RunConfig) if f.type == "int"}
+# Run config keys a sweep sets from its metric (see SweepSpec.rank_config): never swept or --set.
+RANK_KEYS = ("monitor", "monitor_goal")
 
 
 @dataclass
@@ -63,6 +65,9 @@ class SweepSpec:
     def check_overrides(self, fixed: dict[str, Any], flag: str = "--set") -> None:
         """`--set` may fix keys the file leaves open, never a key the file itself sets or sweeps."""
         for key in fixed:
+            if key in RANK_KEYS:
+                raise ConfigError(f"{flag} {key}=...: a sweep's trials keep their model by the sweep's metric "
+                                  f"({self.metric}, {self.goal}); change metric in {self.path} instead")
             if key in self.params:
                 raise ConfigError(f"{flag} {key}=...: '{key}' is set by the sweep file {self.path}; "
                                   "edit the file instead, or --set only keys it does not name")
@@ -71,6 +76,11 @@ class SweepSpec:
     @property
     def maximize(self) -> bool:
         return self.goal == "maximize"
+
+    @property
+    def rank_config(self) -> dict[str, str]:
+        """The run config keys that make train() keep each trial's model by this sweep's metric."""
+        return {"monitor": self.metric, "monitor_goal": self.goal}
 
 
 def load_spec(path: str | Path, fixed: dict[str, Any] | None = None) -> SweepSpec:
@@ -101,6 +111,9 @@ def load_spec(path: str | Path, fixed: dict[str, Any] | None = None) -> SweepSpe
     known = {f.name for f in fields(RunConfig)}
     params = {}
     for key, body in params_raw.items():
+        if key in RANK_KEYS:
+            raise ConfigError(f"{src}: parameters.{key}: set by the sweep's metric (name and goal), "
+                              "which every trial keeps its model by; remove it from parameters")
         if key not in known:
             raise ConfigError(f"{src}: parameters.{key}: unknown parameter (not a run config key; "
                               f"known: {', '.join(sorted(known))})")

@@ -7,19 +7,22 @@ appears exactly once in history.csv.
 
 Commit order at the end of each epoch (the state file is the commit point):
   1. checkpoint/epoch-NNNN.keras   model + optimizer state after this epoch
-  2. model.keras                    if val_accuracy improved
+  2. checkpoint/best-NNNN.keras    if this epoch is now the best by cfg.monitor (see `best_epoch`)
   3. history.csv                    rewritten with this epoch's row
-  4. checkpoint/state.json          names the checkpoint of step 1: now the epoch counts
-A kill between steps leaves state.json at the previous epoch, and the resume trims history.csv back
-to it and redoes the epoch from the previous checkpoint.
+  4. checkpoint/state.json          names the checkpoint of step 1 and the best epoch: now it counts
+  5. model.keras                    the file of step 2, renamed into place
+A kill before step 4 leaves state.json, history (trimmed on resume) and model.keras all at the
+previous epoch; the resume deletes the uncommitted files and redoes the epoch from the previous
+checkpoint, drawing the same random numbers (`inat.seeding`). A kill between steps 4 and 5 (one
+rename) leaves the committed best waiting in checkpoint/; the next train() of the run renames it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import logging
+import math
 import os
 import platform
 import shutil
@@ -32,23 +35,25 @@ from typing import Any, Sequence
 
 import keras
 
-from . import data, models, tracking
+from . import data, models, seeding, tracking
+from .history import HISTORY_FIELDS, best_epoch, parse_rows, raw_rows, state_path, trim
 from .config import RunConfig
 from .errors import InatError
 from .fsutil import make_dir, os_reason, read_json, write_csv, write_json
 from .weights import resolve_weights
 
 log = logging.getLogger("inat")
-HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     epochs_done: int
-    best_val_accuracy: float
+    best_val_accuracy: float  # val_accuracy of the kept epoch (model.keras)
     best_epoch: int
     status: str  # "completed" | "stopped" (a callback stopped it, e.g. a sweep pruner)
+    best_value: float = float("nan")  # cfg.monitor at the kept epoch
+
 
 
 def train(
@@ -74,7 +79,7 @@ def train(
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
     """
     run_dir = Path(run_dir).resolve()
-    if not _state_path(run_dir).exists():
+    if not state_path(run_dir).exists():
         resolve_weights(cfg)  # a missing weights file fails here, before anything is written
     created = not run_dir.exists()
     make_dir(run_dir)
@@ -84,7 +89,7 @@ def train(
                 cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
             )
     except Exception:
-        if created and not _state_path(run_dir).exists():
+        if created and not state_path(run_dir).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -95,9 +100,11 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
     _check_same_config(cfg, run_dir, resuming=state is not None)
     splits = _prepare_splits(cfg, run_dir, data_root)
     cfg.save(run_dir / "config.yaml")
+    seeding.deterministic_from_env()
 
     keras.utils.set_random_seed(cfg.seed)
     if state is not None:
+        _publish_best(run_dir, state)
         start_epoch = state["epoch"]
         model = models.load_model(run_dir / "checkpoint" / state["checkpoint"])
         log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
@@ -105,7 +112,7 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
         start_epoch = 0
         model = models.make_model(cfg, len(splits.classes))
         models.compile_model(model, cfg)
-    _trim_history(run_dir / "history.csv", start_epoch)
+    trim(run_dir / "history.csv", start_epoch)
 
     _write_run_info(run_dir, cfg, splits, status="running", epochs_done=start_epoch)
     if state is not None and start_epoch >= cfg.epochs:
@@ -114,9 +121,6 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
 
     size = models.input_size(cfg)
     cache = _find_or_build_cache(splits, size, cache_root, build_cache) if cache_root is not None else None
-    train_ds = data.dataset_for(
-        splits, "train", size, cfg.batch_size, training=True, augment=cfg.data_augment, seed=cfg.seed, cache=cache
-    )
     val_ds = data.dataset_for(splits, "val", size, cfg.batch_size, training=False, cache=cache)
 
     tracker = tracking.start(
@@ -127,41 +131,66 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
         group=wandb_group,
         job_type=wandb_job_type,
     )
-    recorder = RunRecorder(run_dir, tracker, state)
+    recorder = RunRecorder(run_dir, cfg, tracker, state)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    progress = [EpochProgbar(cfg.epochs)] if verbose else []
     try:
         with warnings.catch_warnings():
             # The datasets have no known length (ignore_errors may drop images), so Keras finds the
             # end of the first epoch by running out of data, and warns that it did: expected here.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=cfg.epochs,
-                initial_epoch=start_epoch,
-                callbacks=[recorder, *callbacks],
-                verbose=verbose,
-                shuffle=False,  # train_ds shuffles itself; Keras warns when asked to shuffle a Dataset
-            )
+            # One fit() per epoch, each on a pipeline seeded from (seed, epoch): a single fit() over
+            # one pipeline would replay the first epoch's shuffle and augmentation after a resume.
+            for epoch in range(start_epoch, cfg.epochs):
+                seeding.reseed_model(model, cfg.seed, epoch)
+                train_ds = data.dataset_for(
+                    splits, "train", size, cfg.batch_size, training=True, augment=cfg.data_augment,
+                    seed=seeding.epoch_seed(cfg.seed, epoch, "data"), cache=cache,
+                )  # fmt: skip
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    initial_epoch=epoch,
+                    epochs=epoch + 1,
+                    callbacks=[recorder, *callbacks, *progress],
+                    verbose=verbose,
+                    shuffle=False,  # train_ds shuffles itself; Keras warns when asked to shuffle a Dataset
+                )
+                if model.stop_training:  # a callback (e.g. a sweep's pruner) asked to stop
+                    break
     except BaseException:
         tracker.finish(exit_code=1)
         _write_run_info(run_dir, cfg, splits, status="failed", epochs_done=recorder.state["epoch"])
         raise
     status = "completed" if recorder.state["epoch"] >= cfg.epochs else "stopped"
-    tracker.summary({"best_val_accuracy": recorder.state["best_val_accuracy"], "status": status})
+    tracker.summary({"best_val_accuracy": recorder.state["best_val_accuracy"], "best_epoch": recorder.state["best_epoch"],
+                     f"best_{cfg.monitor}": recorder.state.get("best_value"), "status": status})
     tracker.finish()
     return _finish(run_dir, cfg, splits, recorder.state, status)
+
+
+class EpochProgbar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, numbering epochs out of the run's total, not out of one fit() call."""
+
+    def __init__(self, total_epochs: int):
+        super().__init__()
+        self.total_epochs = total_epochs
+
+    def set_params(self, params):
+        super().set_params({**params, "epochs": self.total_epochs})
 
 
 class RunRecorder(keras.callbacks.Callback):
     """Checkpoint, best model, history and W&B log at the end of every epoch (see module doc)."""
 
-    def __init__(self, run_dir: Path, tracker, state: dict | None):
+    def __init__(self, run_dir: Path, cfg: RunConfig, tracker, state: dict | None):
         super().__init__()
         self.run_dir = run_dir
+        self.cfg = cfg
         self.tracker = tracker
         self.state = dict(state or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0})
+        self.state.update(monitor=cfg.monitor, maximize=cfg.monitor_maximize)
         self.state["wandb_id"] = tracker.id or self.state.get("wandb_id")
         self._t0 = time.perf_counter()
 
@@ -176,24 +205,36 @@ class RunRecorder(keras.callbacks.Callback):
         ckpt_name = f"epoch-{number:04d}.keras"
         save_model_atomic(self.model, ckpt_dir / ckpt_name)
 
-        val_acc = float(logs.get("val_accuracy", float("nan")))
-        if val_acc > self.state["best_val_accuracy"]:
-            save_model_atomic(self.model, self.run_dir / "model.keras")
-            self.state.update(best_val_accuracy=val_acc, best_epoch=number)
-
-        rows = [r for r in _read_history(self.run_dir / "history.csv") if int(r[0]) < number]
+        rows = [r for r in raw_rows(self.run_dir / "history.csv") if int(r[0]) < number]
         rows.append([number, *(_fmt(logs.get(k)) for k in HISTORY_FIELDS[1:5]), f"{seconds:.2f}"])
+        parsed = parse_rows(rows)
+        best = best_epoch(parsed, self.cfg.monitor, self.cfg.monitor_maximize)
+        pending = None
+        if best is not None and best[0] == number:
+            pending = f"best-{number:04d}.keras"
+            save_model_atomic(self.model, ckpt_dir / pending)
+            self.state.update(best_epoch=number, best_value=best[1],
+                              best_val_accuracy=parsed[-1]["val_accuracy"], best_model=pending)
         write_csv(self.run_dir / "history.csv", HISTORY_FIELDS, rows)
 
         previous = self.state.get("checkpoint")
         self.state.update(epoch=number, checkpoint=ckpt_name)
-        write_json(ckpt_dir / "state.json", self.state)
+        write_json(ckpt_dir / "state.json", self.state)  # the commit point
+        if pending:
+            _publish_best(self.run_dir, self.state)
         if previous and previous != ckpt_name:
             (ckpt_dir / previous).unlink(missing_ok=True)
 
         metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
         metrics.update(epoch=number, epoch_seconds=seconds)
         self.tracker.log(metrics)
+
+
+def _publish_best(run_dir: Path, state: dict) -> None:
+    """Rename the committed best model into model.keras, if it still waits in checkpoint/."""
+    name = state.get("best_model")
+    if name and (run_dir / "checkpoint" / name).is_file():
+        os.replace(run_dir / "checkpoint" / name, run_dir / "model.keras")
 
 
 def save_model_atomic(model, path: Path) -> None:
@@ -253,52 +294,25 @@ def _check_same_config(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
 
 
 def _remove_stale_temps(run_dir: Path) -> None:
-    # A kill -9 during a save leaves its temp file behind; we hold the run's lock, so no live
-    # writer owns any of them.
+    # A kill -9 during a save leaves its temp file behind, and one before the commit leaves a best
+    # model of an epoch that does not count; we hold the run's lock, so no live writer owns any.
     for pattern in (".*.tmp.keras", ".*.tmp"):
         for path in [*run_dir.glob(pattern), *(run_dir / "checkpoint").glob(pattern)]:
+            path.unlink(missing_ok=True)
+    state = read_json(state_path(run_dir)) if state_path(run_dir).exists() else {}
+    for path in (run_dir / "checkpoint").glob("best-*.keras"):
+        if path.name != state.get("best_model"):
             path.unlink(missing_ok=True)
 
 
 def _read_state(run_dir: Path) -> dict | None:
-    path = _state_path(run_dir)
+    path = state_path(run_dir)
     if not path.exists():
         return None
     state = read_json(path)
     if not (run_dir / "checkpoint" / state.get("checkpoint", "")).is_file():
         raise InatError(f"{path}: names a checkpoint that is missing; start a new --run-id")
     return state
-
-
-def _state_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoint" / "state.json"
-
-
-def committed_epochs(run_dir: str | os.PathLike) -> int:
-    """Epochs past the commit point (checkpoint/state.json): where the next train() resumes.
-
-    history.csv may hold one more row, from a kill before the commit; the resume trims it."""
-    path = _state_path(Path(run_dir))
-    return int(read_json(path).get("epoch", 0)) if path.exists() else 0
-
-
-def _read_history(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [row for row in list(csv.reader(fh))[1:] if row]
-
-
-def _trim_history(path: Path, epochs_done: int) -> None:
-    rows = _read_history(path)
-    kept = [r for r in rows if int(r[0]) <= epochs_done]
-    if len(kept) != len(rows):
-        write_csv(path, HISTORY_FIELDS, kept)
-
-
-def read_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
-    rows = _read_history(Path(run_dir) / "history.csv")
-    return [{k: float(v) if v != "" else float("nan") for k, v in zip(HISTORY_FIELDS, r)} for r in rows]
 
 
 def _write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_done: int, **extra) -> None:
@@ -333,11 +347,14 @@ def _previous_info(run_dir: Path) -> dict:
 
 def _finish(run_dir, cfg, splits, state, status) -> TrainResult:
     best = float(state.get("best_val_accuracy", -1.0))
+    value = float(state.get("best_value", best if cfg.monitor == "val_accuracy" else math.nan))
+    goal = "maximize" if cfg.monitor_maximize else "minimize"
     _write_run_info(
         run_dir, cfg, splits, status=status, epochs_done=state["epoch"],
         best_val_accuracy=best, best_epoch=state.get("best_epoch", 0),
+        best={"metric": cfg.monitor, "goal": goal, "epoch": state.get("best_epoch", 0), "value": value},
     )
-    return TrainResult(run_dir, state["epoch"], best, state.get("best_epoch", 0), status)
+    return TrainResult(run_dir, state["epoch"], best, state.get("best_epoch", 0), status, value)
 
 
 def _wandb_id(run_dir: Path) -> str:

@@ -68,14 +68,14 @@ def retrain_best(
     runs_root = layout.runs_dir(sw.scratch_root)
     calls, runs = [], []
     for rank, seed in retrain_plan(len(best), seeds):
-        trial, cfg, val_acc = best[rank - 1]
-        cfg = cfg.replace(seed=seed, **({"epochs": epochs} if epochs else {}))
+        picked = best[rank - 1]
+        cfg = picked.config.replace(seed=seed, **({"epochs": epochs} if epochs else {}))
         run_dir = runs_root / retrain_name(sw.id, rank, seed)
         _check_resumable(run_dir, cfg)
-        write_origin(run_dir, sw.id, trial, rank, seed, val_acc)
+        write_origin(run_dir, sw.id, picked, rank, seed)
         calls.append((TrainTask(), (cfg, run_dir, Path(sw.data_root))))
         runs.append(run_dir)
-        typer.echo(f"rank {rank} (trial {trial}, val_accuracy {val_acc:.4f}) seed {seed} -> {run_dir}")
+        typer.echo(f"rank {rank} (trial {picked.trial}, {picked.metric} {picked.value:.4f}) seed {seed} -> {run_dir}")
     if where == "local":
         sub = run_calls("train", calls, typer.echo)
     else:

@@ -191,9 +191,10 @@ def sweep_status(
     best = best_configs(sw.dir, 1)
     best_out = None
     if best:
-        name, cfg, acc = best[0]
-        cfg.save(sw.dir / "best_config.yaml")
-        best_out = {"trial": name, "val_accuracy": acc, "config": cfg.to_dict(),
+        top = best[0]
+        top.config.save(sw.dir / "best_config.yaml")
+        best_out = {"trial": top.trial, "metric": top.metric, "value": top.value, "epoch": top.epoch,
+                    "val_accuracy": top.val_accuracy, "config": top.config.to_dict(),
                     "config_path": str(sw.dir / "best_config.yaml")}
     if json_:
         typer.echo(json.dumps({"sweep_id": sw.id, "backend": sw.backend, "dir": str(sw.dir),
@@ -202,16 +203,20 @@ def sweep_status(
     states = ("running", "finished", "pruned", "failed")
     typer.echo(f"sweep {sw.id} ({sw.backend}, {spec.method} on {spec.metric}, {spec.goal}): {len(rows)} trial(s): "
                + ", ".join(f"{counts.get(s, 0)} {s}" for s in states))
-    typer.echo(f"{'trial':<10} {'state':<9} {'epochs':>6} {'best val_acc':>12}  params")
+    metric_head = f"best {spec.metric}"
+    typer.echo(f"{'trial':<10} {'state':<9} {'epochs':>6} {metric_head:>17} {'@epoch':>6} {'val_acc':>8}  params")
     for r in rows:
+        value = "-" if r.get("value") is None else f"{r['value']:.4f}"
         acc = "-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}"
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
         note = f"  ({r['error']})" if r.get("error") else ""
-        typer.echo(f"{r['trial']:<10} {r['state']:<9} {r['epochs_done']:>6} {acc:>12}  {params}{note}")
+        typer.echo(f"{r['trial']:<10} {r['state']:<9} {r['epochs_done']:>6} {value:>17} "
+                   f"{r.get('best_epoch') or '-':>6} {acc:>8}  {params}{note}")
     if best_out is None:
         typer.echo("best: no finished trial yet")
         return
-    typer.echo(f"\nbest: trial {best_out['trial']}, val_accuracy {best_out['val_accuracy']:.4f}; "
+    typer.echo(f"\nbest: trial {best_out['trial']}, {spec.metric} {best_out['value']:.4f} at epoch "
+               f"{best_out['epoch']}; "
                f"train it with: inat-jobs train --config {best_out['config_path']} --data DATA")
     typer.echo(yaml.safe_dump(best_out["config"], sort_keys=False, default_flow_style=None).rstrip())
 
@@ -276,5 +281,6 @@ def _rows_from_run_dirs(sw: Sweep, spec) -> list[dict]:
             params = {k: cfg[k] for k in spec.swept if k in cfg}
         rows.append({"trial": d.name, "state": info["state"], "epochs_done": info["epochs_done"],
                      "best_val_accuracy": info["best_val_accuracy"], "value": info["best_metric"],
+                     "best_epoch": info["best_epoch"],
                      "params": params, "error": None})
     return rows

@@ -139,7 +139,7 @@ def _collect_sweep(sweep: Path, out: Path, top_k: int) -> None:
         copy_tree(sweep / "figures", out / "figures")
     spec = load_spec(sweep / "sweep.yaml")
     best = best_configs(sweep, top_k)
-    best_names = {name for name, _, _ in best}
+    best_names = {b.trial for b in best}
     rows = []
     trials = sorted(d for d in (sweep / "trials").glob("*") if d.is_dir())
     for trial in trials:
@@ -150,7 +150,8 @@ def _collect_sweep(sweep: Path, out: Path, top_k: int) -> None:
             if (trial / name).is_file():
                 copy_file(trial / name, out / "trials" / trial.name / name)
     status = {"sweep_id": sweep.name, "metric": spec.metric, "goal": spec.goal, "trials": rows,
-              "best": [{"trial": n, "val_accuracy": acc, "config": cfg.to_dict()} for n, cfg, acc in best]}
+              "best": [{"trial": b.trial, "metric": b.metric, "value": b.value, "epoch": b.epoch,
+                        "val_accuracy": b.val_accuracy, "config": b.config.to_dict()} for b in best]}
     _write_json_if_changed(out / "sweep_status.json", status)
 
 

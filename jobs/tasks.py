@@ -93,7 +93,7 @@ def record_attempt(path: Path, outcome: str | None = None, run_dir: Path | None 
 
 def _committed_epochs(run_dir: Path) -> int | None:
     from inat.errors import InatError
-    from inat.train import committed_epochs  # the node imports it to train anyway
+    from inat.history import committed_epochs
 
     try:
         return committed_epochs(run_dir)
@@ -168,32 +168,34 @@ class RetrainTask(_Recorded):
                 log.warning("sweep %s has fewer than %d finished trials: nothing to retrain for rank %d",
                             sweep.id, rank, rank)
                 return _skipped(run_dir, f"no finished trial of rank {rank}")
-            trial, cfg, val_acc = picked
-            write_origin(run_dir, sweep.id, trial, rank, seed, val_acc)
+            ranked, cfg = picked
+            write_origin(run_dir, sweep.id, ranked, rank, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
         return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0,
                          run_dir=run_dir)
 
 
-def pick_config(sweep_dir: Path, rank: int, seed: int,
-                epochs: int | None) -> tuple[str, RunConfig, float] | None:
-    """The sweep's rank-th best finished trial as (trial, retraining config, its sweep val_accuracy)."""
+def pick_config(sweep_dir: Path, rank: int, seed: int, epochs: int | None):
+    """The sweep's rank-th best finished trial as (its `inat.sweep.Ranked`, the retraining config), or None."""
     from inat.sweep import best_configs
 
     best = best_configs(sweep_dir, rank)
     if len(best) < rank:
         return None
-    trial, cfg, val_acc = best[rank - 1]
+    picked = best[rank - 1]
     changes: dict[str, Any] = {"seed": seed}
     if epochs:
         changes["epochs"] = epochs
-    return trial, cfg.replace(**changes), val_acc
+    return picked, picked.config.replace(**changes)
 
 
-def write_origin(run_dir: Path, sweep_id: str, trial: str, rank: int, seed: int,
-                 val_acc: float | None) -> None:
-    write_json(run_dir / "retrain.json", {"sweep_id": sweep_id, "trial": trial, "rank": rank, "seed": seed,
-                                          "sweep_val_accuracy": val_acc})
+def write_origin(run_dir: Path, sweep_id: str, picked, rank: int, seed: int) -> None:
+    """retrain.json: which trial a retraining run comes from, and the sweep's numbers for it."""
+    write_json(run_dir / "retrain.json", {
+        "sweep_id": sweep_id, "trial": picked.trial, "rank": rank, "seed": seed,
+        "sweep_metric": picked.metric, "sweep_value": picked.value, "sweep_best_epoch": picked.epoch,
+        "sweep_val_accuracy": picked.val_accuracy,
+    })
 
 
 def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s: float) -> dict:

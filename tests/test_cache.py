@@ -93,7 +93,8 @@ def test_matching_cache_is_what_training_reads(root, tmp_path):
     uncached = data.dataset_for(splits, "val", SIZE, 8, training=False)
     assert sum(len(y) for _, y in uncached) == 0  # every image fails to decode and is dropped
 
-    from inat.train import read_history, train
+    from inat.history import read_history
+    from inat.train import train
 
     result = train(cfg, run_dir, root, cache_root=cache_root, build_cache=False, verbose=0)
     assert result.status == "completed" and len(read_history(run_dir)) == 1

@@ -250,9 +250,9 @@ def test_retrain_plan_names_and_picks(fake_sweep):
     assert tasks.retrain_plan(2, 3) == [(1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
     runs = tasks.retrain_dirs(Path("/s/runs"), "S1", 1, 2)
     assert [r.name for r in runs] == ["S1-best1-seed0", "S1-best1-seed1"]
-    trial, cfg, acc = tasks.pick_config(fake_sweep, 1, 1, epochs=5)
-    assert (trial, acc, cfg.learning_rate, cfg.seed, cfg.epochs) == ("0001", 0.6, 0.02, 1, 5)
-    assert tasks.pick_config(fake_sweep, 2, 0, None)[0] == "0000"  # the pruned 0.9 does not count
+    picked, cfg = tasks.pick_config(fake_sweep, 1, 1, epochs=5)
+    assert (picked.trial, picked.value, cfg.learning_rate, cfg.seed, cfg.epochs) == ("0001", 0.6, 0.02, 1, 5)
+    assert tasks.pick_config(fake_sweep, 2, 0, None)[0].trial == "0000"  # the pruned 0.9 does not count
     assert tasks.pick_config(fake_sweep, 3, 0, None) is None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from inat.train import read_history
+from inat.history import read_history
 
 EPOCHS = 12
 

@@ -82,9 +82,9 @@ def test_best_configs_reads_finished_run_directories(tmp_path):
     run_agent(sweep, "a0", count=6, trial_fn=fake_trial)
     best = best_configs(sweep.dir, top_k=3)
     assert best and len(best) <= 3
-    accs = [acc for _, _, acc in best]
+    accs = [b.value for b in best]
     assert accs == sorted(accs, reverse=True)
-    name, cfg, acc = best[0]
+    acc, cfg = best[0].value, best[0].config
     finished = [t for t in open_study(sweep, sweep.spec()).get_trials() if t.state == TrialState.COMPLETE]
     assert acc == pytest.approx(max(t.value for t in finished))
     assert isinstance(cfg, RunConfig) and cfg.epochs == 6
@@ -204,7 +204,7 @@ def test_requeued_agent_resumes_its_own_trial(tmp_path):
 def test_best_config_yaml_is_a_train_config(tmp_path):
     sweep = make_sweep(tmp_path)
     run_agent(sweep, "a0", count=3, trial_fn=fake_trial)
-    _, cfg, _ = best_configs(sweep.dir)[0]
+    cfg = best_configs(sweep.dir)[0].config
     path = tmp_path / "best.yaml"
     cfg.save(path)
     assert RunConfig.load(path) == cfg

@@ -11,7 +11,8 @@ import pytest
 from conftest import SHARED_DATA, require
 from inat.config import RunConfig
 from inat.errors import InatError
-from inat.train import read_history, train
+from inat.history import read_history
+from inat.train import train
 
 
 def _epochs(run_dir):
