@@ -47,6 +47,17 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
     return parse_rows(raw_rows(Path(run_dir) / "history.csv"))
 
 
+def best_model_path(run_dir: str | os.PathLike) -> Path:
+    """The committed best model: RUN/model.keras, or, for the one rename after a commit that a kill
+    can interrupt, the checkpoint/best-NNNN.keras that state.json names and that still waits there."""
+    run_dir = Path(run_dir)
+    path = state_path(run_dir)
+    name = read_json(path).get("best_model") if path.exists() else None
+    if name and (run_dir / "checkpoint" / name).is_file():
+        return run_dir / "checkpoint" / name
+    return run_dir / "model.keras"
+
+
 def committed_rows(run_dir: str | os.PathLike) -> list[dict[str, float]]:
     """The rows of the epochs the commit point counts (all rows for a run without a state file)."""
     rows = read_history(run_dir)

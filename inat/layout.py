@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import InatError
+from .history import best_model_path
 
 # What a run directory holds. `collect` copies everything but the checkpoint folder.
 RUN_FILES = {
@@ -38,7 +39,7 @@ def require_model(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise InatError(f"{run_dir}: run directory not found")
-    model_path = run_dir / "model.keras"
+    model_path = best_model_path(run_dir)
     if not model_path.is_file():
         raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
     return model_path

@@ -104,7 +104,7 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
 
     keras.utils.set_random_seed(cfg.seed)
     if state is not None:
-        _publish_best(run_dir, state)
+        publish_best_model(run_dir, state)
         start_epoch = state["epoch"]
         model = models.load_model(run_dir / "checkpoint" / state["checkpoint"])
         log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
@@ -221,7 +221,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.state.update(epoch=number, checkpoint=ckpt_name)
         write_json(ckpt_dir / "state.json", self.state)  # the commit point
         if pending:
-            _publish_best(self.run_dir, self.state)
+            publish_best_model(self.run_dir, self.state)
         if previous and previous != ckpt_name:
             (ckpt_dir / previous).unlink(missing_ok=True)
 
@@ -230,8 +230,9 @@ class RunRecorder(keras.callbacks.Callback):
         self.tracker.log(metrics)
 
 
-def _publish_best(run_dir: Path, state: dict) -> None:
-    """Rename the committed best model into model.keras, if it still waits in checkpoint/."""
+def publish_best_model(run_dir: Path, state: dict) -> None:
+    """Rename the committed best model into model.keras, if it still waits in checkpoint/ (readers
+    find it there meanwhile: `inat.history.best_model_path`)."""
     name = state.get("best_model")
     if name and (run_dir / "checkpoint" / name).is_file():
         os.replace(run_dir / "checkpoint" / name, run_dir / "model.keras")

@@ -23,6 +23,7 @@ from . import data, guided, models, plots
 from .config import RunConfig
 from .errors import InatError
 from .fsutil import read_json
+from .layout import require_model
 
 log = logging.getLogger("inat")
 
@@ -87,7 +88,7 @@ class _Run:
     @property
     def model(self):
         if self._model is None:
-            self._model = models.load_model(self.dir)
+            self._model = models.load_model(require_model(self.dir))
         return self._model
 
     @property
