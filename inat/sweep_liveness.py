@@ -3,7 +3,8 @@
 Optuna's journal storage has no heartbeat, so a killed agent would leave its trial RUNNING for ever.
 While a trial trains, its agent touches trials/<trial>/heartbeat every HEARTBEAT_S seconds. A
 RUNNING trial whose heartbeat is older than `stale_after` (judged by the storage's own clock) is told
-FAIL by the next agent to start and by `sweep-status`. An agent records its current trial in
+FAIL by the next agent to start, and by `sweep-status --fail-stale`; a plain `sweep-status` only
+shows it as stale (`stale_trials`). An agent records its current trial in
 agents/<agent_id>.json; when Slurm requeues it under the same agent id, `own_unfinished` finds that
 trial so the agent can re-attach to it and train() can resume its run directory.
 """
@@ -61,20 +62,34 @@ def storage_now(directory: Path) -> float:
         return time.time()
 
 
-def recover_stale(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: int | None = None) -> list[int]:
-    """Mark RUNNING trials whose owner stopped beating as FAIL; return their numbers."""
+def stale_trials(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: int | None = None,
+                 now: float | None = None) -> list[tuple[Any, float]]:
+    """RUNNING trials whose owner stopped beating, each with the seconds since its last beat.
+
+    Reads only. `now` defaults to the storage's clock (`storage_now`, which touches a probe file in
+    the sweep directory); a reader that must not write passes `time.time()`.
+    """
     from optuna.trial import TrialState
 
-    now = storage_now(sweep.dir)
-    failed = []
+    now = storage_now(sweep.dir) if now is None else now
+    found = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number == keep:
             continue
         beat = sweep.trials_dir / trial_name(t.number) / "heartbeat"
         last = beat.stat().st_mtime if beat.exists() else t.datetime_start.timestamp()
-        if now - last <= stale_after:
-            continue
-        reason = f"no heartbeat for {now - last:.0f} s (agent {t.user_attrs.get('agent', '?')} killed?)"
+        if now - last > stale_after:
+            found.append((t, now - last))
+    return found
+
+
+def recover_stale(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: int | None = None) -> list[int]:
+    """Mark RUNNING trials whose owner stopped beating as FAIL; return their numbers."""
+    from optuna.trial import TrialState
+
+    failed = []
+    for t, age in stale_trials(study, sweep, stale_after, keep):
+        reason = f"no heartbeat for {age:.0f} s (agent {t.user_attrs.get('agent', '?')} killed?)"
         set_attr(study, t._trial_id, "error", reason)
         tell(study, t.number, state=TrialState.FAIL)
         mark_run(sweep.trials_dir / trial_name(t.number), "failed", error=reason)

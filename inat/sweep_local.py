@@ -25,7 +25,8 @@ from .errors import InatError
 from .fsutil import write_json
 from .sweep import Sweep, history_rows, mark_run, read_trial, trial_name
 from .sweep_liveness import (
-    HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, set_attr, tell, trial_states,
+    HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, set_attr, stale_trials, tell,
+    trial_states,
 )
 from .sweep_optuna import decode, make_pruner, make_sampler, optuna_space
 from .sweep_spec import SweepSpec
@@ -260,9 +261,18 @@ def train_trial(tr: TrialRun) -> Outcome:
 # ---- status -------------------------------------------------------------------------------------------
 
 
-def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S) -> list[dict[str, Any]]:
+def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S,
+               fail_stale: bool = False) -> list[dict[str, Any]]:
+    """One row per trial of the study. Reads only, unless `fail_stale`: then RUNNING trials without a
+    heartbeat for `stale_after` seconds are told FAIL first, as an agent does when it starts.
+    Without it such a trial stays RUNNING and its row gives `stale_s`, the seconds since its last
+    beat (by this node's clock, since judging by the storage's clock would mean writing a probe)."""
     study = open_study(sweep, spec)
-    recover_stale(study, sweep, stale_after)
+    stale: dict[int, float] = {}
+    if fail_stale:
+        recover_stale(study, sweep, stale_after)
+    else:
+        stale = {t.number: age for t, age in stale_trials(study, sweep, stale_after, now=time.time())}
     rows = []
     for t in study.get_trials(deepcopy=False):
         info = read_trial(sweep.trials_dir / trial_name(t.number), spec.metric, spec.maximize)
@@ -273,6 +283,7 @@ def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S
             else _best_reported(t, spec),
             "value": t.value, "params": decode(spec, t.params), "agent": t.user_attrs.get("agent"),
             "error": t.user_attrs.get("error"),
+            "stale_s": round(stale[t.number]) if t.number in stale else None,
         })
     return rows
 

@@ -148,7 +148,7 @@ def test_failed_trial_is_recorded_and_agent_moves_on(tmp_path):
     assert calls == [0, 1]
 
 
-def test_stale_running_trial_is_failed_by_next_agent_and_status(tmp_path):
+def test_stale_running_trial_is_failed_by_next_agent_and_fail_stale(tmp_path):
     sweep = make_sweep(tmp_path)
     study = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))
     dead = study.ask()  # an agent took trial 0, then its node died
@@ -161,7 +161,10 @@ def test_stale_running_trial_is_failed_by_next_agent_and_status(tmp_path):
     old = time.time() - 3600
     os.utime(beat, (old, old))
 
-    assert trial_rows(sweep, sweep.spec(), stale_after=600)[0]["state"] == "failed"  # sweep-status
+    row = trial_rows(sweep, sweep.spec(), stale_after=600)[0]  # plain sweep-status: shows, changes nothing
+    assert row["state"] == "running" and row["stale_s"] >= 3600 and row["error"] is None
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
+    assert trial_rows(sweep, sweep.spec(), stale_after=600, fail_stale=True)[0]["state"] == "failed"
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL and "no heartbeat" in trials[dead.number].user_attrs["error"]
     assert trials[alive.number].state == TrialState.RUNNING
