@@ -217,18 +217,23 @@ def sweep_status(
         typer.echo(json.dumps({"sweep_id": sw.id, "backend": sw.backend, "dir": str(sw.dir),
                                "counts": dict(counts), "trials": rows, "best": best_out}, default=str))
         return
-    states = ("running", "finished", "pruned", "failed")
+    states = ("running", "finished", "pruned", "failed", *(s for s in ("superseded",) if counts.get(s)))
     typer.echo(f"sweep {sw.id} ({sw.backend}, {spec.method} on {spec.metric}, {spec.goal}): {len(rows)} trial(s): "
                + ", ".join(f"{counts.get(s, 0)} {s}" for s in states))
-    typer.echo(f"{'trial':<10} {'state':<9} {'epochs':>6} {'best val_acc':>12}  params")
+    typer.echo(f"{'trial':<10} {'state':<10} {'epochs':>6} {'best val_acc':>12}  params")
     for r in rows:
         acc = "-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}"
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
-        notes = [r["error"]] if r.get("error") else []
+        if r.get("superseded_by") is not None:
+            notes = [f"agent requeued: the run goes on as trial {r['superseded_by']:04d}"]
+        else:
+            notes = [r["error"]] if r.get("error") else []
+        if r.get("resumes") is not None:
+            notes.append(f"resumes trial {r['resumes']:04d} in trials/{r['run_dir']}")
         if r.get("stale_s") is not None:
             notes.append(f"stale: no heartbeat for {r['stale_s']} s")
         note = f"  ({'; '.join(notes)})" if notes else ""
-        typer.echo(f"{r['trial']:<10} {r['state']:<9} {r['epochs_done']:>6} {acc:>12}  {params}{note}")
+        typer.echo(f"{r['trial']:<10} {r['state']:<10} {r['epochs_done']:>6} {acc:>12}  {params}{note}")
     if best_out is None:
         typer.echo("best: no finished trial yet")
         return
