@@ -1,11 +1,18 @@
 """Liveness for the local sweep backend: heartbeats, dead trials, and requeued agents.
 
 Optuna's journal storage has no heartbeat, so a killed agent would leave its trial RUNNING for ever.
-While a trial trains, its agent touches trials/<trial>/heartbeat every HEARTBEAT_S seconds. A
+While a trial trains, its agent touches trials/<run>/heartbeat every HEARTBEAT_S seconds. A
 RUNNING trial whose heartbeat is older than `stale_after` (judged by the storage's own clock) is told
-FAIL by the next agent to start and by `sweep-status`. An agent records its current trial in
-agents/<agent_id>.json; when Slurm requeues it under the same agent id, `own_unfinished` finds that
-trial so the agent can re-attach to it and train() can resume its run directory.
+FAIL by the next agent to start, and by `sweep-status --fail-stale`; a plain `sweep-status` only
+shows it as stale (`stale_trials`).
+
+An agent records its current trial in agents/<agent_id>.json. When Slurm requeues it under the same
+agent id, `own_unfinished` finds that trial if it is still RUNNING, and `requeue` hands its run on
+with Optuna's public API only (a killed process's RUNNING trial cannot be re-opened publicly): a new
+trial is enqueued with the same parameters and the user attributes `run_dir` (the old trial's run
+directory) and `resumes` (its number), and the old trial is told FAIL as superseded. The agent's
+next `study.ask()` returns the enqueued trial, which trains into the old run directory, so train()
+resumes it. `run_dir_of` maps any trial to its run directory; `superseded` finds the old trials.
 """
 
 from __future__ import annotations
@@ -61,32 +68,62 @@ def storage_now(directory: Path) -> float:
         return time.time()
 
 
-def recover_stale(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: int | None = None) -> list[int]:
-    """Mark RUNNING trials whose owner stopped beating as FAIL; return their numbers."""
+def run_dir_of(trial) -> str:
+    """The directory under trials/ that a trial (live or frozen) trains into: the run it resumes, for
+    a trial a requeued agent enqueued, else the trial's own number (0000, 0001, ...)."""
+    return trial.user_attrs.get("run_dir") or trial_name(trial.number)
+
+
+def superseded(trials) -> dict[int, int]:
+    """{number of a requeued agent's killed trial: number of the trial that resumes its run}."""
+    return {t.user_attrs["resumes"]: t.number for t in trials if "resumes" in t.user_attrs}
+
+
+def stale_trials(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: int | None = None,
+                 now: float | None = None) -> list[tuple[Any, float]]:
+    """RUNNING trials whose owner stopped beating, each with the seconds since its last beat.
+
+    Reads only. `now` defaults to the storage's clock (`storage_now`, which touches a probe file in
+    the sweep directory); a reader that must not write passes `time.time()`. A trial with no
+    heartbeat file yet is judged by its start. So is a trial that resumes a killed trial's run while
+    that run's heartbeat is older than its start: the file is the old trial's until the new agent
+    first touches it.
+    """
     from optuna.trial import TrialState
 
-    now = storage_now(sweep.dir)
-    failed = []
+    now = storage_now(sweep.dir) if now is None else now
+    found = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.number == keep:
             continue
-        beat = sweep.trials_dir / trial_name(t.number) / "heartbeat"
+        beat = sweep.trials_dir / run_dir_of(t) / "heartbeat"
         last = beat.stat().st_mtime if beat.exists() else t.datetime_start.timestamp()
-        if now - last <= stale_after:
-            continue
-        reason = f"no heartbeat for {now - last:.0f} s (agent {t.user_attrs.get('agent', '?')} killed?)"
-        set_attr(study, t._trial_id, "error", reason)
+        if "resumes" in t.user_attrs:
+            last = max(last, t.datetime_start.timestamp())
+        if now - last > stale_after:
+            found.append((t, now - last))
+    return found
+
+
+def recover_stale(study, storage, sweep: Sweep, stale_after: float = STALE_AFTER_S,
+                  keep: int | None = None) -> list[int]:
+    """Mark RUNNING trials whose owner stopped beating as FAIL; return their numbers.
+    `storage` is the one the study was opened with (see `set_frozen_attr`)."""
+    from optuna.trial import TrialState
+
+    failed = []
+    for t, age in stale_trials(study, sweep, stale_after, keep):
+        reason = f"no heartbeat for {age:.0f} s (agent {t.user_attrs.get('agent', '?')} killed?)"
+        set_frozen_attr(storage, study, t.number, "error", reason)
         tell(study, t.number, state=TrialState.FAIL)
-        mark_run(sweep.trials_dir / trial_name(t.number), "failed", error=reason)
+        mark_run(sweep.trials_dir / run_dir_of(t), "failed", error=reason)
         log.warning("trial %s marked failed: %s", trial_name(t.number), reason)
         failed.append(t.number)
     return failed
 
 
 def own_unfinished(study, state_path: Path):
-    """The trial this agent id was running when it was killed, if the study still has it RUNNING."""
-    import optuna
-
+    """The trial (frozen) this agent id was running when it was killed, if the study still has it RUNNING."""
     if not state_path.is_file():
         return None
     number = read_json(state_path).get("trial")
@@ -97,7 +134,26 @@ def own_unfinished(study, state_path: Path):
         log.info("previous trial %s of this agent is %s; starting a new one", trial_name(number),
                  "gone" if frozen is None else frozen.state.name.lower())
         return None
-    return optuna.trial.Trial(study, frozen._trial_id)
+    return frozen
+
+
+def requeue(study, storage, frozen, agent_id: str) -> None:
+    """Hand the run of `frozen`, this requeued agent's killed trial, on to a new trial.
+
+    The new trial is enqueued first, so a kill in between loses nothing (the next attempt finds it
+    and does not enqueue a second one); then the old trial is told FAIL with `error` saying it was
+    superseded. The agent's next `study.ask()` pops the enqueued trial. Should another agent's ask
+    take it first, that agent resumes the run and this one gets a new trial.
+    """
+    TrialState = trial_states()
+    pending = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+               if t.user_attrs.get("resumes") == frozen.number]
+    if not pending:
+        study.enqueue_trial(dict(frozen.params), user_attrs={"run_dir": run_dir_of(frozen),
+                                                             "resumes": frozen.number})
+    set_frozen_attr(storage, study, frozen.number, "error",
+                    f"superseded: agent {agent_id} was requeued and resumes this run in a new trial")
+    tell(study, frozen.number, state=TrialState.FAIL)
 
 
 def tell(study, number: int, value: float | None = None, state=None) -> None:
@@ -110,9 +166,24 @@ def tell(study, number: int, value: float | None = None, state=None) -> None:
         log.warning("trial %s: %s", trial_name(number), exc)
 
 
-def set_attr(study, trial_id: int, key: str, value: Any) -> None:
+def set_attr(trial, key: str, value: Any) -> None:
+    """A user attribute of this agent's own (live) trial."""
     try:
-        study._storage.set_trial_user_attr(trial_id, key, value)
+        trial.set_user_attr(key, value)
+    except Exception as exc:  # the trial finished meanwhile: another agent declared it dead
+        log.debug("set_user_attr(%s): %s", key, exc)
+
+
+def set_frozen_attr(storage, study, number: int, key: str, value: Any) -> None:
+    """A user attribute of another process's trial, which has no live `Trial` here.
+
+    `storage` is the storage object the study was opened with (`storage_for` builds it), and the
+    trial id comes from the storage's public lookups; Optuna's Study keeps its own reference and
+    FrozenTrial its id private."""
+    try:
+        study_id = storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        storage.set_trial_user_attr(trial_id, key, value)
     except Exception as exc:  # the trial finished meanwhile
         log.debug("set_trial_user_attr(%s): %s", key, exc)
 

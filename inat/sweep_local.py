@@ -6,7 +6,8 @@ which some mounts forbid). `--storage URL` uses an Optuna RDB (PostgreSQL/MySQL)
 
 Each agent is an ask/tell loop around train(): a Keras callback reports the sweep metric per epoch
 (step = epoch number) and stops training when the pruner says so. Dead agents and requeued ones are
-handled in `inat.sweep_liveness`.
+handled in `inat.sweep_liveness`. Only Optuna's public API is used (tests/test_sweep_local.py
+scans for private attributes), so an Optuna upgrade cannot silently break the agents.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .fsutil import write_json
 from .history import committed_rows
 from .sweep import Sweep, mark_run, read_trial, trial_name
 from .sweep_liveness import (
-    HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, set_attr, tell, trial_states,
+    HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, requeue, run_dir_of, set_attr,
+    stale_trials, superseded, tell, trial_states,
 )
 from .sweep_optuna import decode, make_pruner, make_sampler, optuna_space
 from .sweep_spec import SweepSpec
@@ -74,11 +76,13 @@ def create_study(sweep: Sweep, spec: SweepSpec) -> None:
         raise
 
 
-def open_study(sweep: Sweep, spec: SweepSpec, agent_id: str = ""):
+def open_study(sweep: Sweep, spec: SweepSpec, agent_id: str = "", storage=None):
+    """The sweep's study; pass `storage` (from `storage_for`) to keep a handle on it for
+    `inat.sweep_liveness.set_frozen_attr`."""
     import optuna
 
     epochs = sweep_epochs(sweep, spec)
-    return optuna.load_study(study_name=sweep.id, storage=storage_for(sweep),
+    return optuna.load_study(study_name=sweep.id, storage=storage or storage_for(sweep),
                              sampler=make_sampler(spec, sweep.seed, agent_id), pruner=make_pruner(spec, epochs))
 
 
@@ -99,8 +103,8 @@ class TrialRun:
 
     sweep: Sweep
     spec: SweepSpec
-    number: int
-    name: str
+    number: int  # the Optuna trial's number
+    name: str  # the run directory's name under trials/: the trial's number, or the run it resumes
     run_dir: Path
     config: RunConfig
     report: Callable[[int, float], bool]
@@ -122,30 +126,32 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
     from optuna.samplers import GridSampler
 
     spec = sweep.spec()
-    study = open_study(sweep, spec, agent_id)
+    storage = storage_for(sweep)
+    study = open_study(sweep, spec, agent_id, storage)
     space = optuna_space(spec)
     state_path = sweep.agents_dir / f"{agent_id}.json"
     own = own_unfinished(study, state_path)
-    recover_stale(study, sweep, stale_after, keep=own.number if own else None)
+    recover_stale(study, storage, sweep, stale_after, keep=own.number if own else None)
+    if own is not None:  # requeued: its killed trial's run goes on in a new trial, asked for below
+        requeue(study, storage, own, agent_id)
+        log.info("%s: requeued; trial %s's run %s continues in a new trial", agent_id, trial_name(own.number),
+                 run_dir_of(own))
     ran, failures, stop_reason = [], 0, "count reached"
     while count is None or len(ran) < count:
-        if own is not None:
-            trial, resumed, own = own, True, None
-            log.info("%s: resuming trial %s", agent_id, trial_name(trial.number))
-        else:
+        if own is None:
             reason = _sweep_done(study, spec)
             if reason:
                 stop_reason = reason
                 break
-            trial, resumed = study.ask(space), False
-            if spec.run_cap and trial.number >= spec.run_cap:
-                # Numbers are handed out atomically by the storage, so this makes run_cap exact.
-                set_attr(study, trial._trial_id, "error", "discarded: run_cap reached")
-                tell(study, trial.number, state=trial_states().FAIL)
-                stop_reason = f"run_cap {spec.run_cap} reached"
-                break
-        state = _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed,
-                           trial_fn or train_trial, heartbeat_s)
+        own = None  # a requeued agent asks at least once: the run it continues was counted already
+        trial = study.ask(space)
+        if "resumes" not in trial.user_attrs and spec.run_cap and _new_runs_before(study, trial) >= spec.run_cap:
+            # Numbers are handed out atomically by the storage, so this makes run_cap exact.
+            set_attr(trial, "error", "discarded: run_cap reached")
+            tell(study, trial.number, state=trial_states().FAIL)
+            stop_reason = f"run_cap {spec.run_cap} reached"
+            break
+        state = _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn or train_trial, heartbeat_s)
         ran.append(trial.number)
         failures = failures + 1 if state == "failed" else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -158,22 +164,23 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
     return {"agent_id": agent_id, "trials": ran, "stop_reason": stop_reason}
 
 
-def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_fn, heartbeat_s) -> str:
+def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartbeat_s) -> str:
     from optuna.pruners import NopPruner
 
     TrialState = trial_states()
-    name = trial_name(trial.number)
+    name = run_dir_of(trial)
     run_dir = sweep.trials_dir / name
-    write_json(state_path, {"agent_id": agent_id, "trial": trial.number, "trial_id": trial._trial_id,
+    resumed = "resumes" in trial.user_attrs  # it continues the run of a requeued agent's killed trial
+    write_json(state_path, {"agent_id": agent_id, "trial": trial.number, "run_dir": name,
                             "host": platform.node(), "pid": os.getpid(),
                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     with Heartbeat(run_dir / "heartbeat", heartbeat_s):
-        set_attr(study, trial._trial_id, "agent", agent_id)
+        set_attr(trial, "agent", agent_id)
         params = decode(spec, trial.params)
         pruning = not isinstance(study.pruner, NopPruner)
         flags = {"lost": False}
-        reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+        reported: set[int] = set()  # every trial is freshly asked: the study holds no epoch of it yet
 
         def report(step: int, value: float) -> bool:
             try:
@@ -188,17 +195,18 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, resumed, trial_f
 
         try:
             cfg = sweep.trial_config(spec, params, name)
-            if resumed:  # epochs finished before the kill may not have reached the study
+            if resumed:  # the new trial re-reports the epochs the run finished before the kill
                 for row_epoch, value in _history_metric(run_dir, spec.metric):
                     if row_epoch not in reported:
                         trial.report(value, row_epoch)
                         reported.add(row_epoch)
-            log.info("%s: trial %s %s: %s", agent_id, name, "resumed" if resumed else "started", params)
+            log.info("%s: trial %s %s: %s", agent_id, name,
+                     f"resumed as trial {trial_name(trial.number)}" if resumed else "started", params)
             outcome = trial_fn(TrialRun(sweep, spec, trial.number, name, run_dir, cfg, report))
         except Exception as exc:
             message = (str(exc).splitlines() or [type(exc).__name__])[0]
             log.error("%s: trial %s failed: %s", agent_id, name, message, exc_info=not isinstance(exc, InatError))
-            set_attr(study, trial._trial_id, "error", message)
+            set_attr(trial, "error", message)
             tell(study, trial.number, state=TrialState.FAIL)
             mark_run(run_dir, "failed", error=message)
             result = "failed"
@@ -261,23 +269,46 @@ def train_trial(tr: TrialRun) -> Outcome:
 # ---- status -------------------------------------------------------------------------------------------
 
 
-def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S) -> list[dict[str, Any]]:
-    study = open_study(sweep, spec)
-    recover_stale(study, sweep, stale_after)
+def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S,
+               fail_stale: bool = False) -> list[dict[str, Any]]:
+    """One row per trial of the study. Reads only, unless `fail_stale`: then RUNNING trials without a
+    heartbeat for `stale_after` seconds are told FAIL first, as an agent does when it starts.
+    Without it such a trial stays RUNNING and its row gives `stale_s`, the seconds since its last
+    beat (by this node's clock, since judging by the storage's clock would mean writing a probe).
+
+    A requeued agent's killed trial has state "superseded" and `superseded_by`, the trial that
+    resumes its run; that one has `resumes`. `run_dir` is the directory under trials/ of each."""
+    storage = storage_for(sweep)
+    study = open_study(sweep, spec, storage=storage)
+    stale: dict[int, float] = {}
+    if fail_stale:
+        recover_stale(study, storage, sweep, stale_after)
+    else:
+        stale = {t.number: age for t, age in stale_trials(study, sweep, stale_after, now=time.time())}
+    trials = study.get_trials(deepcopy=False)
+    moved_on = superseded(trials)
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        info = read_trial(sweep.trials_dir / trial_name(t.number), spec.metric, spec.maximize)
+    for t in trials:
+        run_name = run_dir_of(t)
+        value = best_at = None
+        if t.number in moved_on:  # the run directory holds the resuming trial's epochs too
+            epochs, best = t.last_step or 0, _best_reported(t, spec)
+        else:
+            info = read_trial(sweep.trials_dir / run_name, spec.metric, spec.maximize)
+            epochs = max(info["epochs_done"], t.last_step or 0)
+            best = info["best_val_accuracy"] if info["best_val_accuracy"] is not None else _best_reported(t, spec)
+            value, best_at = info["best_metric"], info["best_epoch"]
         rows.append({
-            "trial": trial_name(t.number), "number": t.number, "state": STATE_NAMES.get(t.state.name, t.state.name),
-            "epochs_done": max(info["epochs_done"], t.last_step or 0),
-            "best_val_accuracy": info["best_val_accuracy"] if info["best_val_accuracy"] is not None
-            else _best_reported(t, spec),
+            "trial": trial_name(t.number), "number": t.number, "run_dir": run_name,
+            "state": "superseded" if t.number in moved_on else STATE_NAMES.get(t.state.name, t.state.name),
+            "epochs_done": epochs, "best_val_accuracy": best,
             # The run directory's numbers (the rule train() keeps model.keras by); the study's value
             # is the same number once the trial is told.
-            "value": info["best_metric"] if info["best_metric"] is not None else t.value,
-            "best_epoch": info["best_epoch"],
+            "value": value if value is not None else t.value, "best_epoch": best_at,
             "params": decode(spec, t.params), "agent": t.user_attrs.get("agent"),
             "error": t.user_attrs.get("error"),
+            "stale_s": round(stale[t.number]) if t.number in stale else None,
+            "resumes": t.user_attrs.get("resumes"), "superseded_by": moved_on.get(t.number),
         })
     return rows
 
@@ -289,7 +320,7 @@ def _sweep_done(study, spec: SweepSpec) -> str | None:
     from optuna.samplers import GridSampler
 
     trials = study.get_trials(deepcopy=False)
-    if spec.run_cap and len(trials) >= spec.run_cap:
+    if spec.run_cap and sum(1 for t in trials if "resumes" not in t.user_attrs) >= spec.run_cap:
         return f"run_cap {spec.run_cap} reached"
     if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):
         return "grid exhausted"
@@ -298,6 +329,18 @@ def _sweep_done(study, spec: SweepSpec) -> str | None:
         if any((v >= spec.target) if spec.maximize else (v <= spec.target) for v in done):
             return f"metric target {spec.target} reached"
     return None
+
+
+def _new_runs_before(study, trial) -> int:
+    """Trials numbered below `trial` that started a run of their own.
+
+    run_cap counts runs, not Optuna trials: a trial that resumes a requeued agent's killed trial
+    (user attribute `resumes`, set when it was enqueued, in the same storage write that numbered
+    it) continues a run already counted, so requeues do not shrink the sweep. Every trial below
+    `trial.number` exists by the time the storage numbered `trial`, so the cap stays exact.
+    """
+    trials = study.get_trials(deepcopy=False)
+    return sum(1 for t in trials if t.number < trial.number and "resumes" not in t.user_attrs)
 
 
 def _history_metric(run_dir: Path, metric: str) -> list[tuple[int, float]]:

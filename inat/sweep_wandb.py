@@ -111,21 +111,48 @@ def run_agent(sweep: Sweep, count: int | None = None) -> None:
         run_id = os.environ.get("WANDB_RUN_ID") or wandb.util.generate_id()
         run_dir = sweep.trials_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(dir=str(run_dir), group=sweep.id, job_type="sweep", mode="online")
-        # The sweep reads the summary: make it the best epoch, as the local backend's value is.
-        run.define_metric("epoch")
-        run.define_metric(spec.metric, step_metric="epoch", summary="max" if spec.maximize else "min")
-        cfg = sweep.trial_config(spec, dict(run.config), run_id)
         try:
+            run = wandb.init(dir=str(run_dir), group=sweep.id, job_type="sweep", mode="online")
+            # The sweep reads the summary: make it the best epoch, as the local backend's value is.
+            run.define_metric("epoch")
+            run.define_metric(spec.metric, step_metric="epoch", summary="max" if spec.maximize else "min")
+            cfg = sweep.trial_config(spec, dict(run.config), run_id)
             train(cfg, run_dir, sweep.data_root, wandb_group=sweep.id, wandb_job_type="sweep", verbose=0,
                   cache_root=layout.cache_dir(sweep.scratch_root))
         except Exception as exc:
-            # W&B's agent stops a run (hyperband) by raising a bare Exception inside this thread.
-            if type(exc) is Exception and not exc.args:
+            if stopped_by_wandb(exc):
                 info = read_trial(run_dir, spec.metric, spec.maximize)
-                mark_run(run_dir, "pruned", pruned_at_epoch=info["epochs_done"])
+                mark_run(run_dir, "pruned", pruned_at_epoch=info["epochs_done"], stopped_by="wandb sweep")
                 log.info("trial %s stopped early by the W&B sweep", run_id)
                 return
+            # A genuine error, even a bare Exception() from some library: W&B's agent counts the
+            # run as errored (and stops after too many); the run directory says failed.
+            mark_run(run_dir, "failed", error=(str(exc).splitlines() or [type(exc).__name__])[0])
             raise
 
     wandb.agent(sweep_id, function=trial, entity=entity or None, project=project, count=count)
+
+
+def stopped_by_wandb(exc: BaseException) -> bool:
+    """True only if W&B's agent stopped the run that this thread trains, and `exc` is how it did.
+
+    W&B's agent (`wandb.agents.pyagent.Agent._stop_run`, on a "stop" command from the server, e.g.
+    hyperband, and on its own exit) sets the agent's `_run_status[run_id] = STOPPED` and calls
+    `_terminate_thread(thread)`, which marks the thread running our function with
+    `thread._terminated = True` and then raises the class `Exception` in it asynchronously
+    (`PyThreadState_SetAsyncExc`). The agent object is not reachable from the function; the thread
+    is, as `threading.current_thread()`. So a stop needs both: W&B's mark on this thread, and a bare
+    `Exception()` as the exception or in its chain (code on the way may wrap it). The mark is a
+    private attribute: should a W&B upgrade rename it, this returns False and a stopped run is
+    recorded as failed, never the other way round. A library's own bare `Exception()` on a thread
+    W&B did not stop is a failure.
+    """
+    if getattr(threading.current_thread(), "_terminated", None) is not True:
+        return False
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if type(exc) is Exception and not exc.args:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

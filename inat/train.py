@@ -369,12 +369,30 @@ def _fmt(value) -> str:
 
 @contextlib.contextmanager
 def _exclusive(run_dir: Path):
-    """Refuse to train a run directory that another live process is training (e.g. a stale requeue)."""
-    with open(run_dir / ".lock", "a+") as fh:
+    """Refuse to train a run directory that another live process is training (e.g. a stale requeue).
+
+    Only EWOULDBLOCK/EAGAIN means the lock is held. A file system without locks answers flock()
+    with ENOLCK (NFS without a lock daemon), EOPNOTSUPP/ENOTSUP or ENOSYS (Lustre mounted without
+    `flock`/`localflock`): that is said as such, since no other process is involved.
+    """
+    import errno
+
+    lock = run_dir / ".lock"
+    with open(lock, "a+") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InatError(f"{run_dir}: another process is training this run right now") from None
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise InatError(f"{run_dir}: another process is training this run right now") from None
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+                raise InatError(
+                    f"{run_dir}: the file system holding this run does not support file locks "
+                    f"(flock on {lock.name}: {exc.strerror or exc}), and train needs one to keep two "
+                    "processes out of one run; mount it with locks (Lustre: -o flock; -o localflock keeps "
+                    "out only processes on the same node; NFS: run the lock daemon) or put the run on "
+                    "a file system that has them (--out or $INAT_SCRATCH)"
+                ) from None
+            raise InatError(f"{run_dir}: cannot lock {lock}: {exc.strerror or exc}") from None
         try:
             yield
         finally:

@@ -20,12 +20,17 @@ from inat import layout
 from inat.config import parse_overrides
 from inat.errors import ConfigError, InatError
 from inat.sweep import BACKENDS, Sweep, best_configs, load_sweep, new_sweep, read_trial
+from inat.sweep_liveness import HEARTBEAT_S, STALE_AFTER_S
 from inat.sweep_optuna import optuna_space
 from inat.sweep_spec import load_spec
 
 from .cli import app
 from .cluster import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
 from .cmd_run import DataOpt, OutOpt, SetOpt
+
+# A shorter grace would fail trials whose agents are alive but missed a beat or two (a busy node, a
+# slow scratch file system).
+MIN_STALE_AFTER_S = 3 * HEARTBEAT_S
 
 # The sweep options of launch-sweep, which `pipeline` takes too.
 AgentsOpt = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start.")
@@ -40,8 +45,9 @@ StorageOpt = typer.Option(
 )
 SeedOpt = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it).")
 StaleOpt = typer.Option(
-    600.0, "--stale-after",
-    help="Seconds without a heartbeat after which a running trial counts as dead (local backend).",
+    STALE_AFTER_S, "--stale-after",
+    help=f"Seconds without a heartbeat after which a running trial counts as dead (local backend; at least "
+    f"{MIN_STALE_AFTER_S:.0f}, 3 heartbeat intervals).",
 )
 
 
@@ -151,7 +157,9 @@ def agent(
     ),
     stale_after: float = StaleOpt,
 ) -> None:
-    """Run one sweep agent: take a config, train it, report, repeat."""
+    """Run one sweep agent: take a config, train it, report, repeat. At start it marks running trials
+    whose heartbeat is older than --stale-after as failed (their agents are gone)."""
+    _check_stale_after(stale_after)
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     if count is not None and count < 1:
         raise ConfigError(f"--count {count}: expected an integer >= 1")
@@ -176,15 +184,26 @@ def sweep_status(
     out: Optional[Path] = OutOpt,
     json_: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
     stale_after: float = StaleOpt,
+    fail_stale: bool = typer.Option(
+        False, "--fail-stale", help="Also mark running trials with no heartbeat for --stale-after seconds as "
+        "failed in the study (local backend; agents do this when they start). Without it they are only shown."
+    ),
 ) -> None:
-    """Every trial's state, epochs and best val_accuracy; counts per state; the best config as YAML
-    (also written to SCRATCH/sweeps/ID/best_config.yaml for `inat-jobs train --config`)."""
+    """Every trial's state, epochs and best val_accuracy; counts per state; the best config as YAML.
+
+    Reads the study and the trial directories and changes neither. Its one output is
+    SCRATCH/sweeps/ID/best_config.yaml, the best config for `inat-jobs train --config`, written
+    atomically and only when the best changed. A running trial whose heartbeat is older than
+    --stale-after is shown as stale; --fail-stale marks it failed."""
+    _check_stale_after(stale_after)
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     spec = sw.spec()
     if sw.backend == "local":
         from inat.sweep_local import trial_rows
 
-        rows = trial_rows(sw, spec, stale_after)
+        rows = trial_rows(sw, spec, stale_after, fail_stale=fail_stale)
+    elif fail_stale:
+        raise ConfigError("--fail-stale is for --backend local (W&B's server keeps its runs' states)")
     else:
         rows = _rows_from_run_dirs(sw, spec)
     counts = Counter(r["state"] for r in rows)
@@ -192,36 +211,68 @@ def sweep_status(
     best_out = None
     if best:
         top = best[0]
-        top.config.save(sw.dir / "best_config.yaml")
         best_out = {"trial": top.trial, "metric": top.metric, "value": top.value, "epoch": top.epoch,
                     "val_accuracy": top.val_accuracy, "config": top.config.to_dict(),
-                    "config_path": str(sw.dir / "best_config.yaml")}
+                    "config_path": _save_best_config(sw.dir / "best_config.yaml", top.config)}
     if json_:
         typer.echo(json.dumps({"sweep_id": sw.id, "backend": sw.backend, "dir": str(sw.dir),
                                "counts": dict(counts), "trials": rows, "best": best_out}, default=str))
         return
-    states = ("running", "finished", "pruned", "failed")
+    states = ("running", "finished", "pruned", "failed", *(s for s in ("superseded",) if counts.get(s)))
     typer.echo(f"sweep {sw.id} ({sw.backend}, {spec.method} on {spec.metric}, {spec.goal}): {len(rows)} trial(s): "
                + ", ".join(f"{counts.get(s, 0)} {s}" for s in states))
     metric_head = f"best {spec.metric}"
-    typer.echo(f"{'trial':<10} {'state':<9} {'epochs':>6} {metric_head:>17} {'@epoch':>6} {'val_acc':>8}  params")
+    typer.echo(f"{'trial':<10} {'state':<10} {'epochs':>6} {metric_head:>17} {'@epoch':>6} {'val_acc':>8}  params")
     for r in rows:
         value = "-" if r.get("value") is None else f"{r['value']:.4f}"
         acc = "-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}"
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
-        note = f"  ({r['error']})" if r.get("error") else ""
-        typer.echo(f"{r['trial']:<10} {r['state']:<9} {r['epochs_done']:>6} {value:>17} "
+        if r.get("superseded_by") is not None:
+            notes = [f"agent requeued: the run goes on as trial {r['superseded_by']:04d}"]
+        else:
+            notes = [r["error"]] if r.get("error") else []
+        if r.get("resumes") is not None:
+            notes.append(f"resumes trial {r['resumes']:04d} in trials/{r['run_dir']}")
+        if r.get("stale_s") is not None:
+            notes.append(f"stale: no heartbeat for {r['stale_s']} s")
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        typer.echo(f"{r['trial']:<10} {r['state']:<10} {r['epochs_done']:>6} {value:>17} "
                    f"{r.get('best_epoch') or '-':>6} {acc:>8}  {params}{note}")
     if best_out is None:
         typer.echo("best: no finished trial yet")
         return
-    typer.echo(f"\nbest: trial {best_out['trial']}, {spec.metric} {best_out['value']:.4f} at epoch "
-               f"{best_out['epoch']}; "
-               f"train it with: inat-jobs train --config {best_out['config_path']} --data DATA")
+    head = f"\nbest: trial {best_out['trial']}, {spec.metric} {best_out['value']:.4f} at epoch {best_out['epoch']}; "
+    if best_out["config_path"]:
+        typer.echo(head + f"train it with: inat-jobs train --config {best_out['config_path']} --data DATA")
+    else:
+        typer.echo(head + "save this as a file and train it with: inat-jobs train --config FILE --data DATA")
     typer.echo(yaml.safe_dump(best_out["config"], sort_keys=False, default_flow_style=None).rstrip())
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+
+
+def _check_stale_after(seconds: float) -> None:
+    if not seconds >= MIN_STALE_AFTER_S:  # NaN too
+        raise ConfigError(f"--stale-after {seconds:g}: expected at least {MIN_STALE_AFTER_S:.0f} seconds (3 heartbeat "
+                          f"intervals of {HEARTBEAT_S:.0f} s); a shorter grace declares live trials dead")
+
+
+def _save_best_config(path: Path, cfg) -> str | None:
+    """Write best_config.yaml (atomically) unless it already holds `cfg`; None if it cannot be written."""
+    from inat.config import RunConfig
+
+    try:
+        if path.is_file() and RunConfig.load(path) == cfg:
+            return str(path)
+    except InatError:  # damaged or from an older version: replace it
+        pass
+    try:
+        cfg.save(path)
+    except InatError as exc:  # e.g. looking at someone else's sweep on a read-only mount
+        print(f"inat-jobs: warning: {exc}; the best config is only printed", file=sys.stderr)
+        return None
+    return str(path)
 
 
 def _check_bounded(spec, count: int | None, flag: str) -> None:

@@ -254,14 +254,21 @@ def _agent(sweep, name: str, trials: int | None) -> dict:
 
 
 def trials_finished_by(sweep, name: str) -> int:
-    """Trials this agent id already took to an end (finished, pruned or failed) in earlier attempts."""
+    """Trials this agent id already took to an end (finished, pruned or failed) in earlier attempts.
+
+    A trial it was killed in and that a later attempt resumed in a new trial (superseded) is not one:
+    its run is still that agent's work in progress."""
     from optuna.trial import TrialState
 
+    from inat.sweep_liveness import superseded
     from inat.sweep_local import open_study
 
     study = open_study(sweep, sweep.spec(), name)
+    trials = study.get_trials(deepcopy=False)
+    moved_on = superseded(trials)
     ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=ended) if t.user_attrs.get("agent") == name)
+    return sum(1 for t in trials if t.state in ended and t.user_attrs.get("agent") == name
+               and t.number not in moved_on)
 
 
 # ---- test and figures ----------------------------------------------------------------------------------

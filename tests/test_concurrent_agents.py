@@ -1,13 +1,15 @@
 """Many sweep agents on one Optuna journal, as separate processes, so its file lock is really contended.
 
 The trial function is a fast stand-in (no TensorFlow): each call appends "start N" and "end N" to
-its agent's own log, so the test can count what ran where, independently of the study. Then:
+its agent's own log, where N is the run directory the trial trains into (trials/N), so the test can
+count what ran where, independently of the study. Then:
 
 * 16 agents x 100 trials: exactly 1600 distinct trial numbers, each run exactly once, every trial
   COMPLETE in the study and attributed to the agent that logged it.
-* agents SIGKILLed mid-trial: a requeued agent (same id) resumes its trial, which then ran twice
-  (the documented retry); a trial whose agent never comes back is told FAIL by the next agent once
-  its heartbeat is stale; the sweep finishes and every trial in the store is in a terminal state.
+* agents SIGKILLed mid-trial: a requeued agent (same id) resumes its run, which then ran twice
+  (the documented retry), as a new trial that supersedes the killed one; a trial whose agent never
+  comes back is told FAIL by the next agent once its heartbeat is stale; the sweep finishes and every
+  trial in the store is in a terminal state.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ scratch, sweep_id, agent_id, count, log_path, sleep_s, stale_after = sys.argv[1:
 log = open(log_path, "a", buffering=1)  # line-buffered: a SIGKILL loses no finished line
 
 def trial(tr):
-    log.write(f"start {tr.number} {agent_id} {os.getpid()}\n")
+    log.write(f"start {tr.name} {agent_id} {os.getpid()}\n")
     time.sleep(float(sleep_s))
     tr.report(1, tr.config.dropout)
-    log.write(f"end {tr.number} {agent_id} {os.getpid()}\n")
+    log.write(f"end {tr.name} {agent_id} {os.getpid()}\n")
     return Outcome(tr.config.dropout, 1, False)
 
 result = run_agent(load_sweep(scratch, sweep_id), agent_id, int(count), float(stale_after),
@@ -76,7 +78,7 @@ def start_agent(sweep, agent_id: str, count: int, sleep_s: float = 0.0, stale_af
 
 
 def events(sweep) -> list[tuple[str, int, str, int]]:
-    """(start|end, trial number, agent id, pid) from every agent's log, in no particular order."""
+    """(start|end, run directory number, agent id, pid) from every agent's log, in no particular order."""
     out = []
     for log in sweep.dir.glob("*.test.log"):
         for line in log.read_text().splitlines():
@@ -184,11 +186,19 @@ def test_agents_killed_mid_trial_requeued_and_lost(tmp_path):
     assert starts[dead] == 1 and ends[dead] == 0
     assert all(c == 1 for n, c in starts.items() if n != retried), "no other trial ran twice"
 
+    from inat.sweep_liveness import run_dir_of, superseded
+
     trials = {t.number: t for t in study_trials(sweep)}
-    assert sorted(trials) == sorted(starts), "every trial the store has was run, and vice versa"
-    assert trials[retried].state == TrialState.COMPLETE
+    moved_on = superseded(trials.values())
+    assert list(moved_on) == [retried], "only the requeued agent's killed trial was handed on"
+    resumer = trials[moved_on[retried]]
+    assert resumer.user_attrs["run_dir"] == f"{retried:04d}" and resumer.user_attrs["agent"] == "v-requeued"
+    runs = sorted(int(run_dir_of(t)) for n, t in trials.items() if n not in moved_on)
+    assert runs == sorted(starts), "every run the store has was run, and vice versa"
+    assert trials[retried].state == TrialState.FAIL and "superseded" in trials[retried].user_attrs["error"]
+    assert resumer.state == TrialState.COMPLETE
     assert trials[dead].state == TrialState.FAIL and "no heartbeat" in trials[dead].user_attrs["error"]
-    others = [t for n, t in trials.items() if n != dead]
+    others = [t for n, t in trials.items() if n not in (dead, retried)]
     assert all(t.state == TrialState.COMPLETE for t in others)
     run_json = json.loads((sweep.trials_dir / f"{dead:04d}" / "run.json").read_text())
     assert run_json["status"] == "failed" and "no heartbeat" in run_json["error"]
@@ -197,7 +207,7 @@ def test_agents_killed_mid_trial_requeued_and_lost(tmp_path):
     result = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json")
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout)["counts"]
-    assert counts == {"finished": len(trials) - 1, "failed": 1}
-    print(f"\nkilled mid-trial: trial {retried} (agent requeued: resumed, ran twice, COMPLETE), "
-          f"trial {dead} (agent gone: FAIL, {trials[dead].user_attrs['error']!r}); "
-          f"{len(trials)} trials, all terminal; sweep-status counts {counts}")
+    assert counts == {"finished": len(trials) - 2, "failed": 1, "superseded": 1}
+    print(f"\nkilled mid-trial: trial {retried} (agent requeued: superseded by trial {resumer.number}, which "
+          f"resumed its run: ran twice, COMPLETE), trial {dead} (agent gone: FAIL, "
+          f"{trials[dead].user_attrs['error']!r}); {len(trials)} trials, all terminal; sweep-status counts {counts}")

@@ -3,6 +3,7 @@ of 2 agent processes x 3 trials end to end."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -173,3 +174,66 @@ def test_status_of_a_wandb_sweep_reads_the_trial_run_directories(tmp_path):
     assert report["counts"] == {"finished": 2, "pruned": 1}
     assert report["best"]["trial"] == "abc123" and report["best"]["val_accuracy"] == 0.4
     assert RunConfig.load(report["best"]["config_path"]).dropout == 0.4
+
+
+def _snapshot(root):
+    """Every file and directory below `root` but best_config.yaml: size and mtime."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.name != "best_config.yaml"}
+
+
+def test_sweep_status_only_reads_unless_told_to_fail_stale_trials(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+    from test_sweep_local import fake_trial, make_sweep
+
+    from inat.fsutil import write_json
+    from inat.sweep_local import run_agent, storage_for
+
+    sweep = make_sweep(tmp_path)
+    run_agent(sweep, "a0", count=1, trial_fn=fake_trial)  # trial 0 finished: there is a best config
+    study = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))
+    dead = study.ask()  # trial 1: its agent's node died mid-trial
+    run = sweep.trials_dir / f"{dead.number:04d}"
+    run.mkdir()
+    write_json(run / "run.json", {"status": "running"})
+    (run / "heartbeat").touch()
+    old = time.time() - 3600
+    os.utime(run / "heartbeat", (old, old))
+    before, run_json = _snapshot(sweep.dir), (run / "run.json").read_bytes()
+
+    text = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root))
+    assert text.returncode == 0, text.stderr
+    line = next(ln for ln in text.stdout.splitlines() if ln.startswith(f"{dead.number:04d} "))
+    assert line.split()[1] == "running" and re.search(r"\(stale: no heartbeat for 36\d\d s\)", line), line
+    best = sweep.dir / "best_config.yaml"
+    written = best.stat().st_mtime_ns
+    assert RunConfig.load(best).epochs == 6
+    result = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["trials"][dead.number]
+    assert row["state"] == "running" and row["stale_s"] >= 3600 and row["error"] is None
+
+    assert _snapshot(sweep.dir) == before, "sweep-status changed the study or a trial directory"
+    assert (run / "run.json").read_bytes() == run_json
+    assert study.get_trials()[dead.number].state == TrialState.RUNNING
+    assert best.stat().st_mtime_ns == written  # the same best: not rewritten
+
+    result = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json", "--fail-stale")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)["trials"][dead.number]
+    assert row["state"] == "failed" and "no heartbeat for 36" in row["error"]
+    assert study.get_trials()[dead.number].state == TrialState.FAIL
+    assert read_json(run / "run.json")["status"] == "failed"
+
+
+@pytest.mark.parametrize("command", ["sweep-status", "agent"])
+def test_stale_after_below_three_heartbeats_is_refused(tmp_path, command):
+    from test_sweep_local import make_sweep
+
+    sweep = make_sweep(tmp_path)
+    before = _snapshot(sweep.dir)
+    args = [sweep.id] if command == "sweep-status" else ["--sweep-id", sweep.id, "--count", "1"]
+    result = run_cli(command, *args, "--out", str(sweep.scratch_root), "--stale-after", "10")
+    one_error_line(result, "--stale-after 10: expected at least 90 seconds (3 heartbeat intervals of 30 s)")
+    assert _snapshot(sweep.dir) == before

@@ -148,7 +148,7 @@ def test_failed_trial_is_recorded_and_agent_moves_on(tmp_path):
     assert calls == [0, 1]
 
 
-def test_stale_running_trial_is_failed_by_next_agent_and_status(tmp_path):
+def test_stale_running_trial_is_failed_by_next_agent_and_fail_stale(tmp_path):
     sweep = make_sweep(tmp_path)
     study = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))
     dead = study.ask()  # an agent took trial 0, then its node died
@@ -161,7 +161,10 @@ def test_stale_running_trial_is_failed_by_next_agent_and_status(tmp_path):
     old = time.time() - 3600
     os.utime(beat, (old, old))
 
-    assert trial_rows(sweep, sweep.spec(), stale_after=600)[0]["state"] == "failed"  # sweep-status
+    row = trial_rows(sweep, sweep.spec(), stale_after=600)[0]  # plain sweep-status: shows, changes nothing
+    assert row["state"] == "running" and row["stale_s"] >= 3600 and row["error"] is None
+    assert [t.state for t in study.get_trials()] == [TrialState.RUNNING, TrialState.RUNNING]
+    assert trial_rows(sweep, sweep.spec(), stale_after=600, fail_stale=True)[0]["state"] == "failed"
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL and "no heartbeat" in trials[dead.number].user_attrs["error"]
     assert trials[alive.number].state == TrialState.RUNNING
@@ -173,32 +176,143 @@ def test_stale_running_trial_is_failed_by_next_agent_and_status(tmp_path):
     assert trials[2].state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def test_requeued_agent_resumes_its_own_trial(tmp_path):
-    sweep = make_sweep(tmp_path, SPEC.replace("early_terminate: {type: hyperband, min_iter: 1, eta: 2}\n", ""))
-    seen = []
+NO_PRUNING = SPEC.replace("early_terminate: {type: hyperband, min_iter: 1, eta: 2}\n", "")
 
-    def killed_after_two_epochs(tr):
-        seen.append(("first", tr.number))
-        tr.report(1, 0.1)
-        tr.report(2, 0.2)
+
+def _killed_after(epochs):
+    """A trial function that trains `epochs` epochs (history.csv as train() writes it), then dies."""
+
+    def killed(tr):
+        tr.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for epoch in range(1, epochs + 1):
+            rows.append([epoch, 1.0, 0.5, 1.0, 0.1 * epoch, 0.01])
+            write_csv(tr.run_dir / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+                                                   "seconds"], rows)
+            tr.report(epoch, 0.1 * epoch)
         raise KeyboardInterrupt  # stands in for SIGKILL / preemption: nothing is told to the study
 
+    return killed
+
+
+def test_requeued_agent_resumes_its_own_trial(tmp_path):
+    """Requeued under its id, the agent's killed trial 0 is superseded by a new trial that trains into
+    trials/0000 (so train() resumes it) and already holds the epochs done before the kill."""
+    sweep = make_sweep(tmp_path, NO_PRUNING)
     with pytest.raises(KeyboardInterrupt):
-        run_agent(sweep, "agent-7", count=3, trial_fn=killed_after_two_epochs)
+        run_agent(sweep, "agent-7", count=3, trial_fn=_killed_after(2))
     state = read_json(sweep.agents_dir / "agent-7.json")
-    assert state["trial"] == 0
+    assert state["trial"] == 0 and state["run_dir"] == "0000"
     old = time.time() - 3600  # it waited in the queue longer than the grace period: still its own
     os.utime(sweep.trials_dir / "0000" / "heartbeat", (old, old))
+    seen = []
 
     def resumed(tr):
-        seen.append(("again", tr.number))
+        mine = open_study(sweep, sweep.spec()).get_trials()[tr.number]
+        seen.append((tr.number, tr.name, tr.run_dir.name, dict(mine.intermediate_values)))
         return fake_trial(tr)
 
     run_agent(sweep, "agent-7", count=2, trial_fn=resumed)
     trials = open_study(sweep, sweep.spec()).get_trials()
-    assert seen == [("first", 0), ("again", 0), ("again", 1)]
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert seen == [(1, "0000", "0000", {1: pytest.approx(0.1), 2: pytest.approx(0.2)}), (2, "0002", "0002", {})]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "superseded: agent agent-7 was requeued" in trials[0].user_attrs["error"]
+    assert trials[1].user_attrs == {"run_dir": "0000", "resumes": 0, "agent": "agent-7"}
+    assert trials[1].params == trials[0].params
     assert read_json(sweep.agents_dir / "agent-7.json")["trial"] is None
+    assert sorted(p.name for p in sweep.trials_dir.iterdir()) == ["0000", "0002"]  # no directory for trial 1
+    assert read_json(sweep.trials_dir / "0000" / "run.json")["status"] == "completed"  # not marked failed
+
+    rows = {r["number"]: r for r in trial_rows(sweep, sweep.spec())}
+    assert (rows[0]["state"], rows[0]["superseded_by"], rows[0]["epochs_done"]) == ("superseded", 1, 2)
+    assert (rows[1]["state"], rows[1]["resumes"], rows[1]["run_dir"], rows[1]["epochs_done"]) == (
+        "finished", 0, "0000", 6)
+    assert sorted(b.trial for b in best_configs(sweep.dir, top_k=10)) == ["0000", "0002"]  # each run once
+
+
+def test_agent_requeued_twice_keeps_resuming_the_same_run(tmp_path):
+    from jobs.tasks import trials_finished_by
+
+    sweep = make_sweep(tmp_path, NO_PRUNING)
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sweep, "agent-3", count=1, trial_fn=_killed_after(1))
+    with pytest.raises(KeyboardInterrupt):  # requeued, killed again in the resumed run
+        run_agent(sweep, "agent-3", count=1, trial_fn=_killed_after(3))
+    assert trials_finished_by(sweep, "agent-3") == 0  # superseded trials are not finished work
+    names = []
+    run_agent(sweep, "agent-3", count=1, trial_fn=lambda tr: names.append(tr.name) or fake_trial(tr))
+    trials = open_study(sweep, sweep.spec()).get_trials()
+    assert names == ["0000"]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert [t.user_attrs.get("resumes") for t in trials] == [None, 0, 1]
+    assert {t.user_attrs.get("run_dir", "0000") for t in trials} == {"0000"}
+    assert trials_finished_by(sweep, "agent-3") == 1
+    assert [r["state"] for r in trial_rows(sweep, sweep.spec())] == ["superseded", "superseded", "finished"]
+
+
+def test_a_requeue_does_not_use_up_run_cap(tmp_path):
+    """run_cap counts runs: the trial that resumes a killed one continues a run already counted."""
+    sweep = make_sweep(tmp_path, NO_PRUNING + "run_cap: 3\n")
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sweep, "agent-1", count=5, trial_fn=_killed_after(1))
+    result = run_agent(sweep, "agent-1", count=5, trial_fn=fake_trial)
+    trials = open_study(sweep, sweep.spec()).get_trials()
+    assert result["trials"] == [1, 2, 3] and "run_cap 3 reached" in result["stop_reason"]
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 3
+    assert sorted(p.name for p in sweep.trials_dir.iterdir()) == ["0000", "0002", "0003"]  # 3 runs
+    assert run_agent(sweep, "a2", count=2, trial_fn=fake_trial)["trials"] == []  # the cap holds for others
+
+
+def test_a_killed_trial_handed_on_is_resumed_by_whichever_agent_asks(tmp_path):
+    """The enqueued trial is in the study's queue: if another agent pops it first, that one resumes the run."""
+    from inat.sweep_liveness import own_unfinished, requeue
+
+    sweep = make_sweep(tmp_path, NO_PRUNING)
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sweep, "agent-5", count=1, trial_fn=_killed_after(2))
+    storage = storage_for(sweep)
+    study = open_study(sweep, sweep.spec(), "agent-5", storage)
+    requeue(study, storage, own_unfinished(study, sweep.agents_dir / "agent-5.json"), "agent-5")
+    requeue(study, storage, study.get_trials()[0], "agent-5")  # killed right after: no second enqueue
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    names = []
+    run_agent(sweep, "other", count=1, trial_fn=lambda tr: names.append(tr.name) or fake_trial(tr))
+    assert names == ["0000"]
+    assert open_study(sweep, sweep.spec()).get_trials()[1].user_attrs["agent"] == "other"
+
+
+def test_a_stale_resumed_trial_fails_its_run_directory(tmp_path):
+    sweep = make_sweep(tmp_path, NO_PRUNING)
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sweep, "agent-2", count=1, trial_fn=_killed_after(1))
+    with pytest.raises(KeyboardInterrupt):  # the resumed trial 1 is killed too, and never comes back
+        run_agent(sweep, "agent-2", count=1, trial_fn=_killed_after(2))
+    beat = sweep.trials_dir / "0000" / "heartbeat"
+    old = time.time() - 3600
+    os.utime(beat, (old, old))
+    time.sleep(0.6)  # a resumed trial is judged by its start while the run's heartbeat is older
+    run_agent(sweep, "b", count=1, stale_after=0.5, trial_fn=fake_trial)
+    trials = open_study(sweep, sweep.spec()).get_trials()
+    assert trials[1].state == TrialState.FAIL and "no heartbeat" in trials[1].user_attrs["error"]
+    assert read_json(sweep.trials_dir / "0000" / "run.json")["status"] == "failed"
+    assert not (sweep.trials_dir / "0001").exists()
+
+
+def test_no_private_optuna_api():
+    """Private Optuna attributes change between releases; the sweep code uses only public API."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    private = re.compile(r"\._trial_id\b|\._study_id\b|\._storage\b|\boptuna\.trial\.Trial\(|\btrial\.Trial\(")
+    imports_trial = re.compile(r"from optuna\.trial import [^\n]*\bTrial\b")  # then Trial(...) is Optuna's
+    found = []
+    for path in sorted(p for folder in ("inat", "jobs") for p in (repo / folder).rglob("*.py")):
+        text = path.read_text()
+        bare = re.compile(r"(?<![\w.])Trial\(") if imports_trial.search(text) else None
+        found += [f"{path.relative_to(repo)}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
+                  if private.search(line) or (bare and bare.search(line))]
+    assert not found, found
 
 
 def test_best_config_yaml_is_a_train_config(tmp_path):
@@ -220,6 +334,28 @@ def test_rdb_storage_url_works_too(tmp_path):
     run_agent(load_sweep(sweep.scratch_root, sweep.id), "a0", count=2, trial_fn=fake_trial)
     assert not (sweep.dir / "optuna.journal").exists() and (tmp_path / "study.db").is_file()
     assert len(open_study(sweep, spec).get_trials()) == 2
+
+
+def test_requeue_and_stale_trials_with_an_rdb_storage(tmp_path):
+    """Attributes of other agents' trials go through the storage object we built, also for an RDB
+    (which Optuna wraps in a cache of its own)."""
+    empty_dataset(tmp_path)
+    (tmp_path / "s.yaml").write_text(NO_PRUNING)
+    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 3},
+                            storage=f"sqlite:///{tmp_path / 'study.db'}")
+    create_study(sweep, spec)
+    with pytest.raises(KeyboardInterrupt):
+        run_agent(sweep, "agent-1", count=1, trial_fn=_killed_after(1))
+    study = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))
+    study.ask()  # trial 1: an agent that died before its first heartbeat
+    time.sleep(0.6)
+    names = []
+    run_agent(sweep, "agent-1", count=1, stale_after=0.5, trial_fn=lambda tr: names.append(tr.name) or fake_trial(tr))
+    trials = open_study(sweep, spec).get_trials()
+    assert names == ["0000"]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert "superseded" in trials[0].user_attrs["error"] and "no heartbeat" in trials[1].user_attrs["error"]
+    assert trials[2].user_attrs["resumes"] == 0
 
 
 def test_trial_declared_dead_while_alive_stops_and_stays_failed(tmp_path):
