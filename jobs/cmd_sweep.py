@@ -131,6 +131,10 @@ def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], back
         sweep_wandb.preflight()
     if not data.is_dir():
         raise InatError(f"--data {data}: directory not found")
+    if not spec.metric.startswith("val_"):
+        # Validation exists to rank configs; the training set rewards whatever memorises it best.
+        typer.echo(f"warning: {sweep}: metric {spec.metric} is measured on the training set, so the sweep "
+                   f"tunes on the data it trains on; val_{spec.metric} ranks on the held-out split", err=True)
 
     sw, spec = new_sweep(layout.scratch_root(out), sweep, backend, data, fixed, storage, seed)
     try:

@@ -119,16 +119,18 @@ def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
     assert written == expected
 
 
-def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_data, tiny_cfg):
+def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_data, tiny_cfg, monkeypatch):
     """timeout 2 min, signal 30 s before it (Slurm may signal up to a minute early): 6 epochs of ~15 s
-    cannot fit one allocation, so the job is signalled, requeued, and resumes at its last epoch."""
+    cannot fit one allocation, so the job is signalled, requeued, and resumes at its last epoch; and
+    the requeued run ends exactly where the same run trained without interruption ends."""
     from jobs import jobstate
     from jobs.cluster import load_profile
     from jobs.submit import submit_calls
     from jobs.tasks import TrainTask
 
-    cfg = tiny_cfg.replace(epochs=6)
+    cfg = tiny_cfg.replace(epochs=6, data_augment=True)  # augmentation and dropout: every random stream
     run = tmp_path / "run"
+    monkeypatch.setenv("INAT_DETERMINISTIC", "1")  # the job inherits the submitting environment
     # A busy node makes epochs slower and so needs more requeues: allow plenty, the test counts them.
     profile = load_profile(CI_PROFILE, ["time=2", "signal_delay_s=30", "max_timeouts=8"])
     sub = submit_calls("train", [(TrainTask(), (cfg, run, demo_data, 14.0))], profile, tmp_path / "jobs")
@@ -159,6 +161,34 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     assert all(b > 1 for b in restarts), began
     print(f"\nrequeued {len(attempts) - 1} time(s); attempts started after epochs {starts}; "
           f"epochs begun, in order: {began}")
+
+    # The same config trained in one go, also from a decoded-image cache, gives the same run.
+    cfg.save(tmp_path / "cfg.yaml")
+    whole = run_cli("train", "--config", str(tmp_path / "cfg.yaml"), "--data", str(demo_data),
+                    "--out", str(tmp_path / "whole"), "--run-id", "whole")
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    ref = tmp_path / "whole" / "runs" / "whole"
+    assert_same_run(ref, run)
+
+
+def assert_same_run(a: Path, b: Path, tol: float = 1e-6) -> None:
+    """Two run directories hold the same training: history and final weights within `tol`."""
+    import keras
+    import numpy as np
+
+    from inat.history import read_history
+
+    ha, hb = read_history(a), read_history(b)
+    assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]
+    for ra, rb in zip(ha, hb):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert abs(ra[key] - rb[key]) <= tol, (int(ra["epoch"]), key, ra[key], rb[key])
+    last = f"checkpoint/epoch-{int(ha[-1]['epoch']):04d}.keras"
+    wa = keras.saving.load_model(a / last, compile=False).get_weights()
+    wb = keras.saving.load_model(b / last, compile=False).get_weights()
+    diff = max(float(np.max(np.abs(x - y))) for x, y in zip(wa, wb) if x.size)
+    print(f"largest weight difference from the uninterrupted run: {diff:.3g}")
+    assert diff <= tol
 
 
 def test_plain_sbatch_test_script(tmp_path, trained_run):
