@@ -208,6 +208,11 @@ def test_hyperband_without_early_terminate_prunes_nothing(tmp_path):
          ["early_terminate.type 'envelope'"]),
         ("method: bayes\nearly_terminate: {type: hyperband, max_iter: 9}\nparameters:\n  dropout: {values: [0.1]}\n",
          ["needs s"]),
+        # W&B's engine uses max_iter (and reads s) even when min_iter is given too
+        ("method: bayes\nearly_terminate: {type: hyperband, min_iter: 3, max_iter: 27}\nparameters:\n"
+         "  dropout: {values: [0.1]}\n", ["needs s"]),
+        ("method: bayes\nearly_terminate: {type: hyperband, max_iter: 2, s: 1}\nparameters:\n"
+         "  dropout: {values: [0.1]}\n", ["max_iter 2 is below eta 3"]),
         ("method: bayes\nparameters: {}\n", ["'parameters'"]),
         ("method: bayes\nprogramme: x.py\nparameters:\n  dropout: {values: [0.1]}\n", ["top-level key 'programme'"]),
     ],
