@@ -1,21 +1,28 @@
 """Does hyperband pay off? The same small sweep with and without it, on a cheap real objective.
 
-A tiny CNN on the flowers5 photos (shared/data/flowers5 beside the repository) at 32 px; the same
-sampler seed and trial count in both arms, run through the real local backend (Optuna + train()).
-The first 10 trials are TPE's seeded random start-up trials, the same configs in both arms, so up
-to there the difference is the pruning alone. Prints one JSON object: epochs spent and best val_accuracy of each
-arm, and their ratios. The goal is the best within 1 point at <= 50 % of the epochs.
+A tiny CNN on the flowers5 photos (shared/data/flowers5 beside the repository) at 32 px, run through
+the real local backend (Optuna + train()). Prints one JSON object: epochs spent and best
+val_accuracy of each arm, and their ratios. The goal is the best within 1 point at <= 50 % of the
+epochs.
 
     python benchmarks/hyperband.py [--trials 32] [--epochs 27] [--min-iter 3] [--eta 3] [--s 2]
                                    [--repeats 1] [--seed 0] [--data DIR] [--out DIR]
 
-The defaults are the shipped sweep files' early_terminate (min_iter 3, eta 3, s 2: rungs at 3 and 9
-epochs) with enough epochs that the rungs come early in a trial, which is how hyperband is meant to
-be used. `--repeats N` launches the hyperband arm N times (new sweep ids, so new brackets).
+Both arms train the very same configs in the same order, so the only difference is the pruning: a
+seeded RandomSampler draws `--trials` configs from the space once, and every arm's study gets that
+list through `study.enqueue_trial` before its agent starts (and the arm checks afterwards that it
+trained exactly that list). Enqueueing makes the configs equal by construction: with TPE in both arms
+they would part ways at the first pruned trial (it changes what TPE learns from), and a seeded random
+sampler in both would match only while nothing else draws from its generator. The price: the search
+does not adapt to results, which is not what is measured here.
 
-Not a test: minutes of CPU. Accuracy is that of finished trials (what the sweep would pick). Optuna
-assigns trials to hyperband brackets by hashing the study name (the sweep id, new each launch), so
-two launches can prune differently even with the same seed.
+The defaults are the shipped sweep files' early_terminate (min_iter 3, eta 3, s 2; W&B's rule then
+compares runs at bands 3, 9, 27, ... of their history, i.e. after epochs 4, 10, 28, ...) with enough
+epochs that the bands come early in a trial, which is how hyperband is meant to be used. `--repeats N`
+launches the hyperband arm N times: the rule has no random brackets, so launches differ only as far
+as training itself is not deterministic.
+
+Not a test: minutes of CPU. Accuracy is that of finished trials (what the sweep would pick).
 """
 
 from __future__ import annotations
@@ -50,9 +57,24 @@ def hyperband(args) -> str:
     return f"early_terminate: {{type: hyperband, min_iter: {args.min_iter}, eta: {args.eta}, s: {args.s}}}\n"
 
 
-def run_arm(name: str, spec_text: str, args, scratch: Path) -> dict:
+def draw_configs(args) -> list[dict]:
+    """`--trials` configs (Optuna params) drawn once by a seeded RandomSampler, for every arm."""
+    import optuna
+
+    from inat.sweep_optuna import optuna_space
+    from inat.sweep_spec import load_spec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "space.yaml"
+        path.write_text(SPACE)
+        space = optuna_space(load_spec(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed))
+    return [study.ask(space).params for _ in range(args.trials)]
+
+
+def run_arm(name: str, spec_text: str, args, scratch: Path, configs: list[dict]) -> dict:
     from inat.sweep import new_sweep, read_trial
-    from inat.sweep_local import create_study, run_agent
+    from inat.sweep_local import create_study, open_study, run_agent
 
     spec_path = scratch / f"{name}.yaml"
     spec_path.write_text(spec_text)
@@ -60,9 +82,14 @@ def run_arm(name: str, spec_text: str, args, scratch: Path) -> dict:
              "batch_size": 32, "val_fraction": 0.2, "seed": 0}
     sweep, spec = new_sweep(scratch, spec_path, "local", args.data, fixed, seed=args.seed)
     create_study(sweep, spec)
+    study = open_study(sweep, spec)
+    for params in configs:  # the agent's ask() takes these first, in this order
+        study.enqueue_trial(params)
     start = time.perf_counter()
     run_agent(sweep, "bench", count=args.trials)
     seconds = time.perf_counter() - start
+    trained = [t.params for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)]
+    assert trained == configs, f"{name}: the agent did not train the enqueued configs in order"
     rows = [read_trial(d) for d in sorted(sweep.trials_dir.iterdir()) if d.is_dir()]
     finished = [r for r in rows if r["state"] == "finished" and r["best_val_accuracy"] is not None]
     best = max(finished, key=lambda r: r["best_val_accuracy"], default=None)
@@ -73,6 +100,7 @@ def run_arm(name: str, spec_text: str, args, scratch: Path) -> dict:
         "pruned": sum(r["state"] == "pruned" for r in rows),
         "epochs_spent": sum(r["epochs_done"] for r in rows),
         "epochs_per_trial": [r["epochs_done"] for r in rows],
+        "best_val_accuracy_per_trial": [r["best_val_accuracy"] for r in rows],
         "best_val_accuracy": best["best_val_accuracy"] if best else None,
         "best_trial": best["trial"] if best else None,
         "seconds": round(seconds, 1),
@@ -98,11 +126,12 @@ def main() -> None:
     scratch = args.out or Path(tempfile.mkdtemp(prefix="hyperband-bench-"))
     scratch.mkdir(parents=True, exist_ok=True)
 
-    without = run_arm("without", SPACE, args, scratch)
+    configs = draw_configs(args)
+    without = run_arm("without", SPACE, args, scratch, configs)
     base = without["best_val_accuracy"]
     arms, verdicts = [], []
     for i in range(args.repeats):
-        arm = run_arm(f"with-{i}", SPACE + hyperband(args), args, scratch)
+        arm = run_arm(f"with-{i}", SPACE + hyperband(args), args, scratch, configs)
         ratio = arm["epochs_spent"] / without["epochs_spent"]
         best = arm["best_val_accuracy"]
         diff = None if base is None or best is None else round(100 * (best - base), 2)
@@ -112,7 +141,7 @@ def main() -> None:
         verdicts.append(arm["goal_met"])
     print(json.dumps({
         "setup": {"trials": args.trials, "epochs": args.epochs, "seed": args.seed, "image_size": args.image_size,
-                  "data": str(args.data), "hyperband": hyperband(args).strip()},
+                  "data": str(args.data), "hyperband": hyperband(args).strip(), "configs": configs},
         "without_hyperband": without,
         "with_hyperband": arms,
         "epoch_ratios": [a["epoch_ratio"] for a in arms],

@@ -104,34 +104,15 @@ def make_sampler(spec: SweepSpec, seed: int, agent_id: str = ""):
     return optuna.samplers.TPESampler(seed=agent_seed, constant_liar=True)
 
 
-def hyperband_resources(spec: SweepSpec, epochs: int) -> tuple[int, int, int] | None:
-    """(min_resource, max_resource, reduction_factor) for Optuna's HyperbandPruner, in epochs.
-
-    W&B's rungs sit at min_iter * eta**k for k < s (or max_iter / eta**k for k = s..1). Optuna derives
-    its bracket count as floor(log_eta(max / min)) + 1, so max is capped at min * eta**(s-1) to get
-    the file's s brackets (fewer when the run has fewer epochs).
-    """
-    et = spec.early_terminate
-    if et is None:
-        return None
-    eta = et.get("eta", 3)
-    s = et.get("s")
-    if et.get("min_iter") is not None:
-        low = et["min_iter"]
-        high = et.get("max_iter") or epochs
-    else:
-        high = et["max_iter"]
-        low = max(1, round(high / eta**s))
-    if s is not None:
-        high = min(high, low * eta ** (s - 1))
-    return low, max(low, min(high, epochs)), eta
-
-
 def make_pruner(spec: SweepSpec, epochs: int):
+    """early_terminate -> W&B's own hyperband rule (`inat.sweep_hyperband`); none -> no pruning.
+
+    `epochs` plays no part: W&B's bands do not depend on how long the runs are.
+    """
     import optuna
 
-    resources = hyperband_resources(spec, epochs)
-    if resources is None:
+    from .sweep_hyperband import WandbHyperbandPruner
+
+    if spec.early_terminate is None:
         return optuna.pruners.NopPruner()
-    low, high, eta = resources
-    return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high, reduction_factor=eta)
+    return WandbHyperbandPruner(spec.early_terminate)

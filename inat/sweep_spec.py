@@ -197,8 +197,13 @@ def _parse_early_terminate(src: str, et: Any) -> dict | None:
             raise ConfigError(f"{src}: early_terminate.{key} {v!r} is invalid; expected an integer >= {low}")
     if et.get("min_iter") is None and et.get("max_iter") is None:
         raise ConfigError(f"{src}: early_terminate needs min_iter (or max_iter with s)")
-    if et.get("min_iter") is None and et.get("s") is None:
-        raise ConfigError(f"{src}: early_terminate with max_iter needs s (the number of brackets)")
+    # W&B's engine takes the max_iter form whenever max_iter is given (min_iter is then ignored), and
+    # that form reads s: without it the engine fails, and with max_iter < eta it has no band at all.
+    if et.get("max_iter") is not None and et.get("s") is None:
+        raise ConfigError(f"{src}: early_terminate with max_iter needs s (the number of bands)")
+    if et.get("max_iter") is not None and et["max_iter"] < et.get("eta", 3):
+        raise ConfigError(f"{src}: early_terminate.max_iter {et['max_iter']} is below eta "
+                          f"{et.get('eta', 3)}: hyperband would have no band to stop runs at")
     return dict(et)
 
 

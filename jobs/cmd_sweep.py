@@ -38,7 +38,8 @@ TrialsPerAgentOpt = typer.Option(
     None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."
 )
 BackendOpt = typer.Option(
-    "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server."
+    "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server. "
+    "method bayes is TPE in local, a Gaussian process in wandb."
 )
 StorageOpt = typer.Option(
     None, "--storage", help="Optuna RDB URL (e.g. postgresql://...) instead of the journal file (local backend)."

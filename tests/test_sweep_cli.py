@@ -99,7 +99,7 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     sweep = tmp_path / "tiny.yaml"
     sweep.write_text(
         "method: bayes\nmetric: {name: val_accuracy, goal: maximize}\n"
-        "early_terminate: {type: hyperband, min_iter: 1, eta: 2, s: 1}\n"  # one bracket: all 6 compete
+        "early_terminate: {type: hyperband, min_iter: 1, eta: 2, s: 1}\n"  # judged after epochs 2, 3 and 4
         "parameters:\n"
         "  learning_rate: {values: [0.01, 0.003, 1.0e-6]}\n"  # 1e-6 barely learns: a pruning candidate
         "  kernel_size: {values: [[3, 3, 3, 3, 3], [5, 3, 3, 3, 3]]}\n"

@@ -10,7 +10,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from conftest import REPO
 from inat.config import RunConfig
 from inat.errors import ConfigError
-from inat.sweep_optuna import decode, grid_space, hyperband_resources, make_pruner, make_sampler, optuna_space
+from inat.sweep_hyperband import WandbHyperbandPruner
+from inat.sweep_optuna import decode, grid_space, make_pruner, make_sampler, optuna_space
 from inat.sweep_spec import load_spec
 
 PART_A = REPO / "configs" / "sweeps" / "sweep_partA.yaml"
@@ -80,12 +81,11 @@ def test_list_choices_are_json_strings_for_optuna():
     assert space["activation"].choices == ("relu", "elu", "selu")
 
 
-def test_shipped_hyperband_gives_two_brackets():
-    spec = load_spec(PART_A)
-    low, high, eta = hyperband_resources(spec, epochs=10)
-    assert (low, high, eta) == (3, 9, 3)
-    assert math.floor(math.log(high / low, eta)) + 1 == 2  # = s, Optuna's bracket count
-    assert isinstance(make_pruner(spec, 10), optuna.pruners.HyperbandPruner)
+def test_shipped_hyperband_is_wandbs_rule_with_bands_from_min_iter():
+    pruner = make_pruner(load_spec(PART_A), 10)
+    assert isinstance(pruner, WandbHyperbandPruner)
+    # min_iter 3, eta 3 (default): bands 3, 9, 27, ... (s plays no part in the min_iter form)
+    assert pruner.eta == 3 and pruner.bands[:4] == [3, 9, 27, 81] and len(pruner.bands) == 100
 
 
 # ---- every distribution -------------------------------------------------------------------------------
@@ -176,9 +176,14 @@ def test_hyperband_from_max_iter(tmp_path):
     spec = load_spec(write(tmp_path, "method: random\nmetric: {name: val_loss, goal: minimize}\n"
                                      "early_terminate: {type: hyperband, max_iter: 27, s: 2, eta: 3}\n"
                                      "parameters:\n  dropout: {values: [0.1]}\n"))
-    assert hyperband_resources(spec, epochs=27) == (3, 9, 3)
-    assert hyperband_resources(spec, epochs=5) == (3, 5, 3)
+    assert make_pruner(spec, 27).bands == [3, 9]  # 27 / 3^i for i = 1, 2
+    assert make_pruner(spec, 5).bands == [3, 9]  # the run's length plays no part
     assert make_sampler(spec, 0).__class__.__name__ == "RandomSampler"
+
+
+def test_hyperband_without_early_terminate_prunes_nothing(tmp_path):
+    spec = spec_with(tmp_path, "  dropout: {values: [0.1]}\n")
+    assert isinstance(make_pruner(spec, 10), optuna.pruners.NopPruner)
 
 
 # ---- validation errors ----------------------------------------------------------------------------------
@@ -203,6 +208,11 @@ def test_hyperband_from_max_iter(tmp_path):
          ["early_terminate.type 'envelope'"]),
         ("method: bayes\nearly_terminate: {type: hyperband, max_iter: 9}\nparameters:\n  dropout: {values: [0.1]}\n",
          ["needs s"]),
+        # W&B's engine uses max_iter (and reads s) even when min_iter is given too
+        ("method: bayes\nearly_terminate: {type: hyperband, min_iter: 3, max_iter: 27}\nparameters:\n"
+         "  dropout: {values: [0.1]}\n", ["needs s"]),
+        ("method: bayes\nearly_terminate: {type: hyperband, max_iter: 2, s: 1}\nparameters:\n"
+         "  dropout: {values: [0.1]}\n", ["max_iter 2 is below eta 3"]),
         ("method: bayes\nparameters: {}\n", ["'parameters'"]),
         ("method: bayes\nprogramme: x.py\nparameters:\n  dropout: {values: [0.1]}\n", ["top-level key 'programme'"]),
     ],
