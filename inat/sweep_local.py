@@ -82,8 +82,11 @@ def open_study(sweep: Sweep, spec: SweepSpec, agent_id: str = "", storage=None):
     import optuna
 
     epochs = sweep_epochs(sweep, spec)
-    return optuna.load_study(study_name=sweep.id, storage=storage or storage_for(sweep),
-                             sampler=make_sampler(spec, sweep.seed, agent_id), pruner=make_pruner(spec, epochs))
+    study = optuna.load_study(study_name=sweep.id, storage=storage or storage_for(sweep),
+                              sampler=make_sampler(spec, sweep.seed, agent_id), pruner=make_pruner(spec, epochs))
+    if agent_id:  # an agent's draws depend on how far the sweep had got when it (re)started
+        study.sampler = make_sampler(spec, sweep.seed, agent_id, len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def sweep_epochs(sweep: Sweep, spec: SweepSpec) -> int:

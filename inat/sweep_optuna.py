@@ -89,12 +89,13 @@ def grid_space(spec: SweepSpec) -> dict[str, list]:
     return space
 
 
-def make_sampler(spec: SweepSpec, seed: int, agent_id: str = ""):
-    """bayes -> TPE, random -> random, grid -> grid. Each agent gets its own seed from (seed, agent id):
-    with one seed for all, agents started together would draw the same first configs."""
+def make_sampler(spec: SweepSpec, seed: int, agent_id: str = "", trials_before: int = 0):
+    """bayes -> TPE, random -> random, grid -> grid. Each agent gets its own seed from (seed, agent id,
+    the trials the study held when the agent started): with one seed for all, agents started together
+    would draw the same first configs, and an agent requeued under its id would draw its earlier ones."""
     import optuna
 
-    agent_seed = zlib.crc32(f"{seed}:{agent_id}".encode()) & 0x7FFFFFFF
+    agent_seed = zlib.crc32(f"{seed}:{agent_id}:{trials_before}".encode()) & 0x7FFFFFFF
     if spec.method == "grid":
         return optuna.samplers.GridSampler(grid_space(spec), seed=agent_seed)
     if spec.method == "random":

@@ -230,6 +230,14 @@ def test_requeued_agent_resumes_its_own_trial(tmp_path):
     assert sorted(b.trial for b in best_configs(sweep.dir, top_k=10)) == ["0000", "0002"]  # each run once
 
 
+def test_an_agent_started_again_under_its_id_does_not_redraw_its_earlier_configs(tmp_path):
+    sweep = make_sweep(tmp_path, NO_PRUNING)
+    run_agent(sweep, "agent-5", count=3, trial_fn=fake_trial)
+    run_agent(sweep, "agent-5", count=3, trial_fn=fake_trial)  # e.g. requeued after its trials finished
+    params = [t.params for t in open_study(sweep, sweep.spec()).get_trials()]
+    assert len(params) == 6 and params[3:] != params[:3], params
+
+
 def test_agent_requeued_twice_keeps_resuming_the_same_run(tmp_path):
     from jobs.tasks import trials_finished_by
 
