@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from inat import guided, models  # noqa: E402
+from inat.figures import guided  # noqa: E402
+from inat.models import common as models  # noqa: E402
 from inat.config import RunConfig  # noqa: E402
 
 

@@ -61,8 +61,8 @@ def draw_configs(args) -> list[dict]:
     """`--trials` configs (Optuna params) drawn once by a seeded RandomSampler, for every arm."""
     import optuna
 
-    from inat.sweep_optuna import optuna_space
-    from inat.sweep_spec import load_spec
+    from inat.sweep.space import optuna_space
+    from inat.sweep.spec import load_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "space.yaml"
@@ -74,7 +74,7 @@ def draw_configs(args) -> list[dict]:
 
 def run_arm(name: str, spec_text: str, args, scratch: Path, configs: list[dict]) -> dict:
     from inat.sweep import new_sweep, read_trial
-    from inat.sweep_local import create_study, open_study, run_agent
+    from inat.sweep.local import create_study, open_study, run_agent
 
     spec_path = scratch / f"{name}.yaml"
     spec_path.write_text(spec_text)

@@ -67,8 +67,9 @@ def run(args, work: Path) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from inat import cache, data
-    from inat.demo import make_synthetic_jpegs
+    from inat import data
+    from inat.data import cache
+    from inat.data.demo import make_synthetic_jpegs
 
     root = work / "data"
     t0 = time.perf_counter()
@@ -148,7 +149,7 @@ def run(args, work: Path) -> dict:
     result["ranges"] = {k: [round(min(v), 2), round(max(v), 2)] for k, v in ratios.items()}
     result["ranges"].update({f"{k}_images_per_s": [round(min(v)), round(max(v))] for k, v in rates.items()})
     result["setup"] = {
-        "images": args.n, "jpeg": "800x600, quality 90 (inat.demo.make_synthetic_jpegs)", "classes": len(CLASSES),
+        "images": args.n, "jpeg": "800x600, quality 90 (inat.data.demo.make_synthetic_jpegs)", "classes": len(CLASSES),
         "image_size": S, "batch_size": B, "rounds": args.repeats,
         "cache_mib": round(sum(f.stat().st_size for f in cache_path.iterdir()) / 2**20, 1),
         "idg_augmentation": SEED_AUGMENTATION,
@@ -184,7 +185,8 @@ def measure_fit(args, splits, found, np, tf) -> dict:
     """
     import keras
 
-    from inat import data, models
+    from inat import data
+    from inat.models import common as models
     from inat.config import RunConfig
 
     cfg = RunConfig(image_size=args.image_size)  # the seed's best config, at 128 px

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data, models
+from . import data
 from .config import RunConfig
 from .errors import ConfigError, InatError
 from .fsutil import write_csv, write_json
 from .layout import require_model
+from .models.common import input_size, load_model
 
 log = logging.getLogger("inat")
 
@@ -29,7 +30,7 @@ def evaluate(
     """Write RUN/test_metrics.json and RUN/predictions.csv; return the metrics.
 
     With `cache_root`, test images come from a matching decoded-image cache if one is there
-    (see `inat.cache`; nothing is built for a single pass over the test split).
+    (see `inat.data.cache`; nothing is built for a single pass over the test split).
     """
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
@@ -37,10 +38,10 @@ def evaluate(
     model_path = require_model(run_dir)
     cfg = RunConfig.load(run_dir / "config.yaml")
     splits = data.Splits.load(run_dir / "splits.json", root=str(data_root) if data_root else None)
-    model = models.load_model(model_path)
+    model = load_model(model_path)
 
     ds = data.dataset_for(
-        splits, "test", models.input_size(cfg), batch_size or cfg.batch_size, training=False, cache=cache_root
+        splits, "test", input_size(cfg), batch_size or cfg.batch_size, training=False, cache=cache_root
     )
     y_true, probs = [], []
     for images, labels in ds:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .errors import InatError
-from .history import best_model_path
+from .rundir import best_model_path
 
 # What a run directory holds. `collect` copies everything but the checkpoint folder.
 RUN_FILES = {

@@ -35,12 +35,13 @@ from typing import Any, Sequence
 
 import keras
 
-from . import data, models, seeding, tracking
-from .history import HISTORY_FIELDS, best_epoch, parse_rows, raw_rows, state_path, trim
+from . import data, seeding, tracking
 from .config import RunConfig
 from .errors import InatError
 from .fsutil import make_dir, os_reason, read_json, write_csv, write_json
-from .weights import resolve_weights
+from .models.common import compile_model, input_size, load_model, make_model
+from .models.weights import resolve_weights
+from .rundir import HISTORY_FIELDS, best_epoch, parse_rows, raw_rows, state_path, trim
 
 log = logging.getLogger("inat")
 
@@ -73,7 +74,7 @@ def train(
     `cache_root` (normally `layout.cache_dir(SCRATCH)`) turns on the decoded-image cache: batches
     come from the cache of this dataset at this input size when one matches the files on disk;
     if none does and `build_cache` is true, it is built first (once, however many runs start
-    together; see `inat.cache`). Without `cache_root` the JPEGs are decoded every epoch.
+    together; see `inat.data.cache`). Without `cache_root` the JPEGs are decoded every epoch.
 
     A new run directory that fails before its first epoch is committed (bad data, missing weights,
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
@@ -106,12 +107,12 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
     if state is not None:
         publish_best_model(run_dir, state)
         start_epoch = state["epoch"]
-        model = models.load_model(run_dir / "checkpoint" / state["checkpoint"])
+        model = load_model(run_dir / "checkpoint" / state["checkpoint"])
         log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
     else:
         start_epoch = 0
-        model = models.make_model(cfg, len(splits.classes))
-        models.compile_model(model, cfg)
+        model = make_model(cfg, len(splits.classes))
+        compile_model(model, cfg)
     trim(run_dir / "history.csv", start_epoch)
 
     _write_run_info(run_dir, cfg, splits, status="running", epochs_done=start_epoch)
@@ -119,7 +120,7 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
         log.info("%s already finished all %d epochs", run_dir.name, cfg.epochs)
         return _finish(run_dir, cfg, splits, state, "completed")
 
-    size = models.input_size(cfg)
+    size = input_size(cfg)
     cache = _find_or_build_cache(splits, size, cache_root, build_cache) if cache_root is not None else None
     val_ds = data.dataset_for(splits, "val", size, cfg.batch_size, training=False, cache=cache)
 
@@ -232,7 +233,7 @@ class RunRecorder(keras.callbacks.Callback):
 
 def publish_best_model(run_dir: Path, state: dict) -> None:
     """Rename the committed best model into model.keras, if it still waits in checkpoint/ (readers
-    find it there meanwhile: `inat.history.best_model_path`)."""
+    find it there meanwhile: `inat.rundir.best_model_path`)."""
     name = state.get("best_model")
     if name and (run_dir / "checkpoint" / name).is_file():
         os.replace(run_dir / "checkpoint" / name, run_dir / "model.keras")
@@ -251,7 +252,7 @@ def save_model_atomic(model, path: Path) -> None:
 
 
 def _find_or_build_cache(splits, image_size: int, cache_root, build: bool):
-    from . import cache
+    from .data import cache
 
     found = cache.find_cache(splits, image_size, cache_root)
     if found is None and build:

@@ -28,7 +28,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Imported here, not at the top, so each module can `from jobs.cli import app`.
-    from . import cmd_cluster, cmd_data, cmd_figures, cmd_run, cmd_sweep  # noqa: F401
+    from .commands import cluster, data, figures, run, sweep  # noqa: F401
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from inat import layout
 from inat.errors import InatError
 from inat.fsutil import atomic_path, make_dir, read_json, write_json
 
-from . import jobstate
+from .slurm import jobstate
 
 log = logging.getLogger("inat")
 SKIP_DIRS = {"checkpoint", "wandb", "__pycache__"}
@@ -129,8 +129,7 @@ def _collect_tree(target: Target, root: Path) -> None:
 
 
 def _collect_sweep(sweep: Path, out: Path, top_k: int) -> None:
-    from inat.sweep import best_configs, read_trial
-    from inat.sweep_spec import load_spec
+    from inat.sweep import best_configs, load_spec, read_trial
 
     for item in sorted(sweep.iterdir()):
         if item.is_file() and item.suffix in (".yaml", ".json", ".csv") and item.name not in SKIP_FILES:

@@ -32,9 +32,9 @@ from inat import layout
 from inat.fsutil import read_json, write_json
 from inat.sweep import Sweep
 
-from . import jobstate
-from .cluster import ClusterProfile
-from .submit import Submitted, run_calls, submit_calls
+from .slurm import jobstate
+from .slurm.profile import ClusterProfile
+from .slurm.submit import Submitted, run_calls, submit_calls
 from .tasks import AgentTask, RetrainTask, evaluate_run, retrain_dirs, sweep_report, visualize_run
 
 STAGES = ("agent", "train", "test", "visualize")
@@ -92,7 +92,7 @@ def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any])
 def run_local(sw: Sweep, options: dict[str, Any], say: Callable[[str], None],
               quiet_stdout: bool) -> dict[str, Any]:
     """Run the stages one after another on this machine; returns the record with every task's state."""
-    from .cmd_sweep import _start_local_agents, _wait
+    from .commands.sweep import _start_local_agents, _wait
 
     record = new_record(sw, "local", options)
     path = pipeline_dir(sw.scratch_root, sw.id) / "pipeline.json"

@@ -27,7 +27,7 @@ from inat.config import RunConfig
 from inat.fsutil import read_json, write_json
 
 log = logging.getLogger("inat")
-# inat.visualize.WHAT, repeated so that submitting does not import TensorFlow (a test keeps them equal)
+# inat.figures.visualize.WHAT, repeated so that submitting does not import TensorFlow (a test keeps them equal)
 FIGURES = ("grid", "filters", "guided", "confusion")
 
 
@@ -93,7 +93,7 @@ def record_attempt(path: Path, outcome: str | None = None, run_dir: Path | None 
 
 def _committed_epochs(run_dir: Path) -> int | None:
     from inat.errors import InatError
-    from inat.history import committed_epochs
+    from inat.rundir import committed_epochs
 
     try:
         return committed_epochs(run_dir)
@@ -239,11 +239,11 @@ class AgentTask(_Recorded):
 
 def _agent(sweep, name: str, trials: int | None) -> dict:
     if sweep.backend == "wandb":
-        from inat import sweep_wandb
+        from inat.sweep import wandb_backend
 
-        sweep_wandb.run_agent(sweep, trials)
+        wandb_backend.run_agent(sweep, trials)
         return {"agent_id": name, "backend": "wandb"}
-    from inat.sweep_local import run_agent
+    from inat.sweep.local import run_agent
 
     left = trials
     if trials is not None:
@@ -260,8 +260,8 @@ def trials_finished_by(sweep, name: str) -> int:
     its run is still that agent's work in progress."""
     from optuna.trial import TrialState
 
-    from inat.sweep_liveness import superseded
-    from inat.sweep_local import open_study
+    from inat.sweep.liveness import superseded
+    from inat.sweep.local import open_study
 
     study = open_study(sweep, sweep.spec(), name)
     trials = study.get_trials(deepcopy=False)
@@ -291,7 +291,7 @@ def visualize_run(run_dir: Path, what: list[str], data_root: Path | None = None,
     """`inat-jobs visualize` for one run: RUN/figures/."""
     if missing_ok and not Path(run_dir).exists():
         return _skipped(run_dir, NO_RUN)
-    from inat.visualize import visualize
+    from inat.figures.visualize import visualize
 
     paths = visualize(run_dir, what, data_root, seed=seed, max_images=max_images, pdf=pdf)
     return {"run_dir": str(run_dir), "status": "completed", "figures": [str(p) for p in paths]}
@@ -307,6 +307,6 @@ def _skipped(run_dir: Path, reason: str) -> dict:
 
 def sweep_report(sweep_dir: Path) -> dict:
     """SWEEP/trials.csv and the sweep plots (the pipeline's last stage, beside the run figures)."""
-    from inat.sweep_report import sweep_report as report
+    from inat.figures.sweep_report import sweep_report as report
 
     return {"sweep_dir": str(sweep_dir), "status": "completed", "files": [str(p) for p in report(sweep_dir)]}

@@ -49,7 +49,7 @@ def one_error_line(result, fragment: str) -> str:
 
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory) -> Path:
-    from inat.demo import make_demo_data
+    from inat.data.demo import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("demo") / "data", n_train_per_class=20, n_test_per_class=6)
 

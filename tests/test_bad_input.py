@@ -232,7 +232,7 @@ def no_model(c: Ctx) -> None:
 
 def make_sweep(c: Ctx) -> str:
     from inat.sweep import new_sweep
-    from inat.sweep_local import create_study
+    from inat.sweep.local import create_study
 
     sweep, spec = new_sweep(c.scratch, c.file("made.yaml", SWEEP), "local", c.data, {"epochs": 1})
     create_study(sweep, spec)
@@ -442,16 +442,16 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:
-    from inat.demo import make_demo_data
+    from inat.data.demo import make_demo_data
 
     return make_demo_data(tmp_path_factory.mktemp("bad-input") / "data", n_train_per_class=4, n_test_per_class=2)
 
 
 def whole_caches(ctx: Ctx, new_files: set[str]) -> set[str]:
-    """Those of `new_files` that make up finished decoded-image caches (inat.cache) and their lock
+    """Those of `new_files` that make up finished decoded-image caches (inat.data.cache) and their lock
     files. `train` builds the cache before its first epoch; a finished cache is a shared, reusable
     result (renamed into place whole), not something the failed run half-wrote."""
-    from inat.cache import MANIFEST, open_cache
+    from inat.data.cache import MANIFEST, open_cache
 
     whole = set()
     for rel in new_files:
@@ -510,7 +510,7 @@ def test_bad_input(case: Case, ctx: Ctx):
     if case.mount:
         require(_can_mount(), "mounting a tmpfs needs root (mount -t tmpfs)")
     if case.slurm:
-        from jobs.cluster import slurm_available
+        from jobs.slurm.profile import slurm_available
 
         ok, why = slurm_available(timeout=10)
         require(ok, f"needs a running Slurm cluster ({why})")

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY, run_cli
-from inat import cache, data
+from inat import data
+from inat.data import cache
 from inat.config import RunConfig
-from inat.demo import INAT_CLASSES, make_demo_data
+from inat.data.demo import INAT_CLASSES, make_demo_data
 from inat.errors import DataError, InatError
 
 SIZE = 32  # = TINY's image_size, so train() can use the cache
@@ -93,7 +94,7 @@ def test_matching_cache_is_what_training_reads(root, tmp_path):
     uncached = data.dataset_for(splits, "val", SIZE, 8, training=False)
     assert sum(len(y) for _, y in uncached) == 0  # every image fails to decode and is dropped
 
-    from inat.history import read_history
+    from inat.rundir import read_history
     from inat.train import train
 
     result = train(cfg, run_dir, root, cache_root=cache_root, build_cache=False, verbose=0)
@@ -173,7 +174,7 @@ def test_a_reader_keeps_its_cache_when_a_rebuild_replaces_it(root, tmp_path):
 BUILDER = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-from inat import cache
+from inat.data import cache
 import tensorflow
 print("ready", flush=True)
 while not os.path.exists(sys.argv[1]):

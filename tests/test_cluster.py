@@ -18,7 +18,9 @@ from conftest import REPO, one_error_line, run_cli
 from inat.config import RunConfig
 from inat.errors import ConfigError
 from inat.fsutil import read_json, write_json
-from jobs import cluster, jobstate, tasks
+from jobs import tasks
+from jobs.slurm import jobstate
+from jobs.slurm import profile as cluster
 from jobs.collect import collect, resolve
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -193,7 +195,7 @@ def test_generated_sbatch_scripts_match_golden_files(name, monkeypatch):
 
 
 def test_figure_names_match_the_figures_module():
-    from inat.visualize import WHAT
+    from inat.figures.visualize import WHAT
 
     assert tasks.FIGURES == WHAT
     assert tasks.parse_figures("confusion, grid") == ["confusion", "grid"]
@@ -388,7 +390,7 @@ def test_a_restarted_agent_runs_only_the_trials_it_has_left(tmp_path, demo_data)
     """What a requeue does to an agent task: the same call again, under the same agent id."""
     from inat.config import parse_overrides
     from inat.sweep import new_sweep
-    from inat.sweep_local import create_study
+    from inat.sweep.local import create_study
     from jobs.tasks import AgentTask
 
     (tmp_path / "s.yaml").write_text(TINY_SWEEP)

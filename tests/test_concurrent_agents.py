@@ -38,7 +38,7 @@ parameters:
 WORKER = r"""
 import os, sys, time
 from inat.sweep import load_sweep
-from inat.sweep_local import Outcome, run_agent
+from inat.sweep.local import Outcome, run_agent
 
 scratch, sweep_id, agent_id, count, log_path, sleep_s, stale_after = sys.argv[1:8]
 log = open(log_path, "a", buffering=1)  # line-buffered: a SIGKILL loses no finished line
@@ -58,7 +58,7 @@ log.write(f"done {len(result['trials'])} {result['stop_reason']}\n")
 
 def make_sweep(tmp_path: Path):
     from inat.sweep import new_sweep
-    from inat.sweep_local import create_study
+    from inat.sweep.local import create_study
 
     for sub in ("train", "val"):
         (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def wait_all(procs, sweep, timeout: float) -> None:
 
 
 def study_trials(sweep):
-    from inat.sweep_local import open_study
+    from inat.sweep.local import open_study
 
     return open_study(sweep, sweep.spec()).get_trials(deepcopy=False)
 
@@ -186,7 +186,7 @@ def test_agents_killed_mid_trial_requeued_and_lost(tmp_path):
     assert starts[dead] == 1 and ends[dead] == 0
     assert all(c == 1 for n, c in starts.items() if n != retried), "no other trial ran twice"
 
-    from inat.sweep_liveness import run_dir_of, superseded
+    from inat.sweep.liveness import run_dir_of, superseded
 
     trials = {t.number: t for t in study_trials(sweep)}
     moved_on = superseded(trials.values())

@@ -17,6 +17,7 @@ from PIL import Image
 
 from inat import data
 from inat.data import Splits, check_images, describe, discover, drop_bad_images, make_dataset
+from inat.data.splits import _n_val
 from inat.errors import DataError
 
 # Fixtures live here rather than in conftest.py: they serve this file only.
@@ -86,7 +87,7 @@ def jpeg_bytes(size=(64, 48), seed=0, quality=90) -> bytes:
 
 
 def test_import_does_not_load_tensorflow():
-    code = "import sys, inat.data, inat.demo; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = "import sys, inat.data, inat.data.demo; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
@@ -192,7 +193,7 @@ def test_split_is_deterministic_per_seed(tiny_dataset):
     "n, fraction, expected", [(1, 0.1, 0), (2, 0.1, 1), (10, 0.1, 1), (15, 0.1, 2), (10, 0.99, 9)]
 )
 def test_val_count_rule(n, fraction, expected):
-    assert data._n_val(n, fraction) == expected
+    assert _n_val(n, fraction) == expected
 
 
 # ---- saving and loading splits -------------------------------------------------------------------

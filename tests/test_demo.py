@@ -1,4 +1,4 @@
-"""inat.demo: the synthetic stand-in dataset and benchmark JPEGs."""
+"""inat.data.demo: the synthetic stand-in dataset and benchmark JPEGs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inat import demo
+from inat.data import demo
 from inat.data import check_images, discover
-from inat.demo import INAT_CLASSES, make_demo_data, make_synthetic_jpegs
+from inat.data.demo import INAT_CLASSES, make_demo_data, make_synthetic_jpegs
 from inat.errors import DataError
 
 

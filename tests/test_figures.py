@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from conftest import run_cli
-from inat import plots
+from inat.figures import plots
 
 CLASSES = ["Amphibia", "Animalia", "Arachnida", "Aves", "Fungi",
            "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia"]
@@ -112,7 +112,7 @@ def run_copy(trained_run, tmp_path) -> Path:
 
 
 def test_visualize_writes_every_figure(run_copy, monkeypatch):
-    from inat.visualize import visualize
+    from inat.figures.visualize import visualize
 
     figures = {}
     save = plots.save_figure
@@ -133,7 +133,7 @@ def test_visualize_writes_every_figure(run_copy, monkeypatch):
 
 
 def test_visualize_is_seeded_and_subsets(run_copy):
-    from inat.visualize import visualize
+    from inat.figures.visualize import visualize
 
     first = visualize(run_copy, what="grid", pdf=False)
     assert [p.name for p in first] == ["predictions.png"]
@@ -143,8 +143,9 @@ def test_visualize_is_seeded_and_subsets(run_copy):
 
 
 def test_receptive_field_box_holds_the_whole_gradient(trained_run):
-    from inat import guided, models
-    from inat.visualize import receptive_field
+    from inat.figures import guided
+    from inat.models import common as models
+    from inat.figures.visualize import receptive_field
 
     model = models.load_model(trained_run)
     size = model.input.shape[1]
@@ -159,7 +160,7 @@ def test_receptive_field_box_holds_the_whole_gradient(trained_run):
 
 def test_visualize_bad_inputs_are_one_line_errors(tmp_path, run_copy):
     from inat.errors import InatError
-    from inat.visualize import visualize
+    from inat.figures.visualize import visualize
 
     with pytest.raises(InatError, match="unknown figure 'gradcam'"):
         visualize(run_copy, what="grid,gradcam")
@@ -169,9 +170,9 @@ def test_visualize_bad_inputs_are_one_line_errors(tmp_path, run_copy):
 
 def test_part_b_run_gets_filters_and_grid_and_skips_guided(run_copy, caplog):
     """ResNet50 with random weights: first conv of the base (7x7x3x64, BGR flipped to RGB), no conv5."""
-    from inat import models
+    from inat.models import common as models
     from inat.config import RunConfig
-    from inat.visualize import visualize
+    from inat.figures.visualize import visualize
 
     cfg = RunConfig.load(run_copy / "config.yaml").replace(model="resnet50", weights="none")
     cfg.save(run_copy / "config.yaml")
@@ -219,7 +220,7 @@ def fake_sweep(root: Path, n: int = 12, seed: int = 0) -> Path:
 
 
 def test_sweep_report_from_trial_directories(tmp_path):
-    from inat.sweep_report import sweep_report
+    from inat.figures.sweep_report import sweep_report
 
     sweep = fake_sweep(tmp_path / "sweeps" / "s1")
     written = sweep_report(sweep)
@@ -242,7 +243,7 @@ def test_trial_start_time_survives_a_copy(tmp_path):
     """run.json's `updated` less the epochs' seconds beats file times, which `cp -r` resets."""
     import datetime as dt
 
-    from inat.sweep_report import read_trials
+    from inat.figures.sweep_report import read_trials
 
     sweep = fake_sweep(tmp_path / "s", n=3)
     finished = sweep / "trials" / "0"
@@ -257,8 +258,8 @@ def test_trial_start_time_survives_a_copy(tmp_path):
 
 
 def test_sweep_correlation_finds_the_parameter_that_matters(tmp_path):
-    from inat.sweep_plots import correlations, importances
-    from inat.sweep_report import read_trials, swept_keys
+    from inat.figures.sweep_plots import correlations, importances
+    from inat.figures.sweep_report import read_trials, swept_keys
 
     sweep = fake_sweep(tmp_path / "s", n=24)
     trials = [t for t in read_trials(sweep) if t.best_val_accuracy is not None]
@@ -271,7 +272,7 @@ def test_sweep_correlation_finds_the_parameter_that_matters(tmp_path):
 
 
 def test_sweep_report_with_one_trial_only_draws_the_time_plot(tmp_path):
-    from inat.sweep_report import sweep_report
+    from inat.figures.sweep_report import sweep_report
 
     sweep = fake_sweep(tmp_path / "s", n=1)
     assert [p.name for p in sweep_report(sweep)] == ["trials.csv", "accuracy_vs_created.png"]
@@ -281,8 +282,8 @@ def test_sweep_report_with_one_trial_only_draws_the_time_plot(tmp_path):
 
 
 def test_report_for_a_run_embeds_metrics_and_figures(run_copy):
-    from inat.report import write_report
-    from inat.visualize import visualize
+    from inat.figures.report import write_report
+    from inat.figures.visualize import visualize
 
     visualize(run_copy, what="grid,confusion", pdf=False)
     page = write_report(run_copy)
@@ -296,7 +297,7 @@ def test_report_for_a_run_embeds_metrics_and_figures(run_copy):
 
 
 def test_report_for_a_sweep(tmp_path):
-    from inat.report import write_report
+    from inat.figures.report import write_report
 
     sweep = fake_sweep(tmp_path / "s")
     text = write_report(sweep).read_text()
@@ -306,7 +307,7 @@ def test_report_for_a_sweep(tmp_path):
 
 def test_report_of_something_else_is_a_one_line_error(tmp_path):
     from inat.errors import InatError
-    from inat.report import write_report
+    from inat.figures.report import write_report
 
     with pytest.raises(InatError, match="neither a run directory"):
         write_report(tmp_path)

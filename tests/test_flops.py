@@ -6,8 +6,8 @@ import keras
 import pytest
 
 from inat.config import RunConfig
-from inat.flops import count, format_table
-from inat.models import make_model
+from inat.models.flops import count, format_table
+from inat.models.common import make_model
 
 CONFIGS = [
     dict(filt_org=[32, 32, 32, 32, 32], kernel_size=[3, 3, 3, 3, 3], image_size=224),

@@ -9,7 +9,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 from keras import layers  # noqa: E402
 
-from inat import guided  # noqa: E402
+from inat.figures import guided  # noqa: E402
 
 SELU_SCALE = 1.0507009873554805
 

@@ -1,4 +1,4 @@
-"""inat.history: the one history reader and the rule that picks a run's best epoch."""
+"""inat.rundir: the one history reader and the rule that picks a run's best epoch."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from inat.config import RunConfig
 from inat.errors import ConfigError
 from inat.fsutil import write_json
-from inat.history import best_epoch, best_model_path, committed_rows
+from inat.rundir import best_epoch, best_model_path, committed_rows
 
 NAN = math.nan
 

@@ -15,9 +15,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from inat.sweep_hyperband import WandbHyperbandPruner
-from inat.sweep_optuna import make_pruner
-from inat.sweep_spec import load_spec
+from inat.sweep.hyperband import WandbHyperbandPruner
+from inat.sweep.space import make_pruner
+from inat.sweep.spec import load_spec
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # pydantic 2 warns about the engine's v1-style model config

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from inat.history import best_model_path, read_history
+from inat.rundir import best_model_path, read_history
 
 EPOCHS = 12
 

@@ -10,7 +10,7 @@ import pytest
 
 from inat.config import ACTIVATIONS, RunConfig
 from inat.errors import InatError
-from inat.models import (
+from inat.models.common import (
     BASES,
     Preprocess,
     base_layers,
@@ -22,7 +22,7 @@ from inat.models import (
     load_model,
     make_model,
 )
-from inat.weights import WEIGHT_FILES
+from inat.models.weights import WEIGHT_FILES
 
 # Keras's own weight saving/loading converts tensors with np.array(x), which numpy 2 flags on
 # every variable; it is not ours to fix and would bury real warnings.

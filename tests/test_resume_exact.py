@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from inat.history import committed_epochs, read_history
+from inat.rundir import committed_epochs, read_history
 from inat.seeding import epoch_seed, reseed_model
 
 EPOCHS = 4
@@ -97,7 +97,7 @@ def test_epoch_seeds_differ_by_epoch_and_stream_and_repeat_exactly():
 def test_reseeding_makes_dropout_draw_the_same_masks_again(tiny_cfg):
     import keras
 
-    from inat import models
+    from inat.models import common as models
 
     model = models.make_model(tiny_cfg.replace(dropout=0.5), 10)
     x = np.ones((4, 32, 32, 3), dtype="float32") * 100

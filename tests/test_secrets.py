@@ -87,7 +87,7 @@ SWEEP = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
 
 
 def slurm_up() -> None:
-    from jobs.cluster import slurm_available
+    from jobs.slurm.profile import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
@@ -97,7 +97,7 @@ def slurm_up() -> None:
 def test_a_slurm_job_sees_the_key(tmp_path, key, monkeypatch):
     """The control for the next test: sbatch passes the submitter's environment on, key included, so
     jobs could leak it. (Here the job returns it, into a result file outside any scratch root.)"""
-    from jobs.cluster import load_profile, make_executor
+    from jobs.slurm.profile import load_profile, make_executor
 
     slurm_up()
     monkeypatch.setenv("WANDB_API_KEY", key)
@@ -111,7 +111,7 @@ def test_key_stays_out_of_a_slurm_pipeline_and_collect(tmp_path, key, demo_data)
     """A whole pipeline on Slurm (agents, retraining, test, figures) with W&B offline, then collect:
     the key is in none of the generated sbatch scripts, submitit pickles and logs, run directories,
     sweep files or collected results."""
-    from jobs import jobstate
+    from jobs.slurm import jobstate
 
     slurm_up()
     scratch, dest = tmp_path / "scratch", tmp_path / "results"

@@ -3,7 +3,7 @@ job, the whole pipeline chained by dependencies, a training job that outlives it
 requeued, and the plain sbatch scripts. Skipped on a laptop without Slurm; failing under CI=true.
 
 Jobs run as the submitting user on this machine's filesystem, so pytest's tmp_path works as scratch.
-The jobs import this checkout: the executor exports its path (jobs.cluster.project_root).
+The jobs import this checkout: the executor exports its path (jobs.slurm.profile.project_root).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ ENV = {"INAT_CLUSTER_PROFILE": str(CI_PROFILE), "WANDB_MODE": "disabled"}
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm():
-    from jobs.cluster import slurm_available
+    from jobs.slurm.profile import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
@@ -44,7 +44,7 @@ def sacct_rows(job_id: str, duplicates: bool = False) -> list[list[str]]:
 
 
 def wait_jobs(task_ids: list[str], limit_s: float) -> list[dict]:
-    from jobs import jobstate
+    from jobs.slurm import jobstate
 
     record = {"stage": "x", "task_ids": task_ids, "cluster": "slurm"}
     return jobstate.wait_for([record], poll_s=3, timeout_s=limit_s, say=lambda *_: None)
@@ -111,7 +111,7 @@ def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
     assert [r["stage"] for r in jobs].count("train") == 3 and {r["State"] for r in jobs} == {"COMPLETED"}
 
     # what submitit wrote is what sbatch_text (and so the golden files) describe
-    from jobs.cluster import load_profile, sbatch_text
+    from jobs.slurm.profile import load_profile, sbatch_text
 
     folder = Path(record["stages"][1]["folder"])
     written = (folder / f"{ids['train'][0]}_submission.sh").read_text()
@@ -123,9 +123,9 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     """timeout 2 min, signal 30 s before it (Slurm may signal up to a minute early): 6 epochs of ~15 s
     cannot fit one allocation, so the job is signalled, requeued, and resumes at its last epoch; and
     the requeued run ends exactly where the same run trained without interruption ends."""
-    from jobs import jobstate
-    from jobs.cluster import load_profile
-    from jobs.submit import submit_calls
+    from jobs.slurm import jobstate
+    from jobs.slurm.profile import load_profile
+    from jobs.slurm.submit import submit_calls
     from jobs.tasks import TrainTask
 
     cfg = tiny_cfg.replace(epochs=6, data_augment=True)  # augmentation and dropout: every random stream
@@ -176,7 +176,7 @@ def assert_same_run(a: Path, b: Path, tol: float = 1e-6) -> None:
     import keras
     import numpy as np
 
-    from inat.history import read_history
+    from inat.rundir import read_history
 
     ha, hb = read_history(a), read_history(b)
     assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]

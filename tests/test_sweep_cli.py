@@ -93,7 +93,7 @@ def test_wandb_backend_without_key_fails_fast_in_one_line(tmp_path, data_dir):
 
 @pytest.mark.slow
 def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
-    from inat.demo import make_demo_data
+    from inat.data.demo import make_demo_data
 
     data = make_demo_data(tmp_path / "data", n_train_per_class=6, n_test_per_class=2)
     sweep = tmp_path / "tiny.yaml"
@@ -188,7 +188,7 @@ def test_sweep_status_only_reads_unless_told_to_fail_stale_trials(tmp_path):
     from test_sweep_local import fake_trial, make_sweep
 
     from inat.fsutil import write_json
-    from inat.sweep_local import run_agent, storage_for
+    from inat.sweep.local import run_agent, storage_for
 
     sweep = make_sweep(tmp_path)
     run_agent(sweep, "a0", count=1, trial_fn=fake_trial)  # trial 0 finished: there is a best config

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from inat.config import RunConfig
 from inat.fsutil import read_json, write_csv, write_json
 from inat.sweep import best_configs, load_sweep, new_sweep, trial_name
-from inat.sweep_local import Outcome, create_study, open_study, run_agent, storage_for, trial_rows
+from inat.sweep.local import Outcome, create_study, open_study, run_agent, storage_for, trial_rows
 
 SPEC = """
 method: bayes
@@ -273,7 +273,7 @@ def test_a_requeue_does_not_use_up_run_cap(tmp_path):
 
 def test_a_killed_trial_handed_on_is_resumed_by_whichever_agent_asks(tmp_path):
     """The enqueued trial is in the study's queue: if another agent pops it first, that one resumes the run."""
-    from inat.sweep_liveness import own_unfinished, requeue
+    from inat.sweep.liveness import own_unfinished, requeue
 
     sweep = make_sweep(tmp_path, NO_PRUNING)
     with pytest.raises(KeyboardInterrupt):

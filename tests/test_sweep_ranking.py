@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_cli
 from inat.config import RunConfig
 from inat.fsutil import read_json
-from inat.history import committed_rows
+from inat.rundir import committed_rows
 
 
 def _val_metrics(run_dir):
@@ -32,7 +32,7 @@ def _val_metrics(run_dir):
 
 @pytest.mark.slow
 def test_a_val_loss_sweep_ranks_and_keeps_the_lowest_val_loss_epoch(tmp_path):
-    from inat.demo import make_demo_data
+    from inat.data.demo import make_demo_data
 
     data = make_demo_data(tmp_path / "data", n_train_per_class=8, n_test_per_class=2)
     sweep = tmp_path / "val_loss.yaml"
@@ -85,7 +85,7 @@ def test_a_val_loss_sweep_ranks_and_keeps_the_lowest_val_loss_epoch(tmp_path):
 
 
 def test_a_sweep_on_a_training_metric_warns_at_launch(tmp_path):
-    from inat.demo import make_demo_data
+    from inat.data.demo import make_demo_data
 
     data = make_demo_data(tmp_path / "data", n_train_per_class=2, n_test_per_class=1)
     sweep = tmp_path / "train_acc.yaml"
@@ -113,7 +113,7 @@ def test_a_sweep_on_a_training_metric_warns_at_launch(tmp_path):
 ])
 def test_a_sweep_cannot_sweep_the_ranking_keys(tmp_path, text, fragment):
     from inat.errors import ConfigError
-    from inat.sweep_spec import load_spec
+    from inat.sweep.spec import load_spec
 
     path = tmp_path / "s.yaml"
     path.write_text(text)

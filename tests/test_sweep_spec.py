@@ -10,9 +10,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from conftest import REPO
 from inat.config import RunConfig
 from inat.errors import ConfigError
-from inat.sweep_hyperband import WandbHyperbandPruner
-from inat.sweep_optuna import decode, grid_space, make_pruner, make_sampler, optuna_space
-from inat.sweep_spec import load_spec
+from inat.sweep.hyperband import WandbHyperbandPruner
+from inat.sweep.space import decode, grid_space, make_pruner, make_sampler, optuna_space
+from inat.sweep.spec import load_spec
 
 PART_A = REPO / "configs" / "sweeps" / "sweep_partA.yaml"
 PART_B = REPO / "configs" / "sweeps" / "sweep_partB.yaml"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import TINY
-from inat import sweep_wandb
+from inat.sweep import wandb_backend as sweep_wandb
 from inat.config import RunConfig
 from inat.errors import InatError
 from inat.fsutil import read_json

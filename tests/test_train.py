@@ -11,7 +11,7 @@ import pytest
 from conftest import SHARED_DATA, require
 from inat.config import RunConfig
 from inat.errors import InatError
-from inat.history import read_history
+from inat.rundir import read_history
 from inat.train import train
 
 

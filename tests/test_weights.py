@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from inat import weights
+from inat.models import weights
 from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
-from inat.weights import WEIGHT_FILES, cache_dir, fetch_weights, resolve_weights
+from inat.models.weights import WEIGHT_FILES, cache_dir, fetch_weights, resolve_weights
 
 # Smallest input each constructor accepts: the check below only needs the graph, not the size.
 _SMALL = {"inceptionv3": 75, "inceptionresnetv2": 75, "resnet50": 32, "xception": 71}
@@ -152,7 +152,7 @@ def test_weights_module_does_not_import_keras():
     import sys
 
     code = (
-        "import sys; import inat.weights, inat.flops; "
+        "import sys; import inat.models.weights, inat.models.flops; "
         "print('keras' in sys.modules or 'tensorflow' in sys.modules)"
     )
     root = Path(__file__).resolve().parents[1]

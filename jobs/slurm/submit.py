@@ -25,7 +25,7 @@ from inat import layout
 from inat.errors import InatError
 from inat.fsutil import read_json, write_json
 
-from .cluster import ClusterProfile, load_profile, make_executor
+from .profile import ClusterProfile, load_profile, make_executor
 
 log = logging.getLogger("inat")
 Call = tuple[Callable[..., Any], tuple]
@@ -100,7 +100,7 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
     options: profile (ClusterProfile; default: $INAT_CLUSTER_PROFILE or Slurm's defaults),
     dependency (an sbatch --dependency string).
     """
-    from .tasks import AgentTask
+    from ..tasks import AgentTask
 
     sweep_dir = Path(sweep_dir)
     profile = options.get("profile") or load_profile()
@@ -132,7 +132,7 @@ def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_
                  make_call: Callable[[Path], Call]) -> bool:
     """For `test`/`visualize --cluster ...`: submit one array over `runs` and say so; False when the
     work should run in this process instead (no --cluster, or it resolved to local)."""
-    from .cluster import resolve_cluster
+    from .profile import resolve_cluster
 
     if cluster is None or resolve_cluster(cluster) == "local":
         return False

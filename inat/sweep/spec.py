@@ -3,7 +3,7 @@
 One file serves both backends. `load_spec` checks everything W&B itself would check that we can check
 offline (method, metric, distributions, early_terminate) plus what only we know: every parameter must
 be a RunConfig key and every candidate value must pass RunConfig's own validation. Errors are one
-line naming the file and the key. The W&B -> Optuna mapping is in `inat.sweep_optuna`.
+line naming the file and the key. The W&B -> Optuna mapping is in `inat.sweep.space`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, load_yaml_mapping
-from .errors import ConfigError
+from ..config import RunConfig, load_yaml_mapping
+from ..errors import ConfigError
 
 METHODS = ("bayes", "random", "grid")
 GOALS = ("maximize", "minimize")

@@ -257,7 +257,7 @@ def project_root() -> Path | None:
     Jobs run `python -m submitit.core._submit`, which must import this same `jobs` package; from a
     source checkout that only works with the checkout on PYTHONPATH.
     """
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     if any(part in ("site-packages", "dist-packages") for part in root.parts):
         return None
     return root

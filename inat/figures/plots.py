@@ -1,6 +1,6 @@
 """The run figures, as pure functions of numpy arrays: each returns a matplotlib Figure.
 
-Nothing here loads a model or an image; `inat.visualize` does that and calls these. Every function
+Nothing here loads a model or an image; `inat.figures.visualize` does that and calls these. Every function
 uses the Agg backend through `matplotlib.figure.Figure` directly (no pyplot state), so they are safe
 in batch jobs without a display and in threads.
 """
@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .fsutil import atomic_path
+from ..fsutil import atomic_path
 
 RIGHT = "#1a7f37"  # green
 WRONG = "#d1242f"  # red

@@ -15,8 +15,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import InatError
-from .fsutil import read_json, write_text
+from ..errors import InatError
+from ..fsutil import read_json, write_text
 from .plots import make_readable
 
 # Figures in the order a reader wants them, with what they show.
@@ -59,8 +59,8 @@ def write_report(path: str | os.PathLike) -> Path:
 
 
 def run_page(run_dir: Path) -> str:
-    from .config import RunConfig
-    from .history import read_history
+    from ..config import RunConfig
+    from ..rundir import read_history
 
     info = _json_or_empty(run_dir / "run.json")
     cfg = RunConfig.load(run_dir / "config.yaml")

@@ -10,9 +10,9 @@ import typer
 from inat import layout
 from inat.errors import InatError
 
-from .cli import app
-from .cluster import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
-from .cmd_run import OutOpt
+from ..cli import app
+from ..slurm.profile import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
+from .run import OutOpt
 
 
 @app.command()
@@ -40,14 +40,14 @@ def visualize(
     image: Optional[Path] = ImageOpt,
 ) -> None:
     """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here."""
-    from inat.visualize import parse_what
-    from inat.visualize import visualize as make_figures
+    from inat.figures.visualize import parse_what
+    from inat.figures.visualize import visualize as make_figures
 
     names = parse_what(what)  # a typo fails before the model loads
     if max_images < 1:
         raise InatError(f"--max-images {max_images}: must be at least 1")
-    from .submit import maybe_submit
-    from .tasks import visualize_run
+    from ..slurm.submit import maybe_submit
+    from ..tasks import visualize_run
 
     args = (names, data and data.resolve(), seed, max_images, pdf)
     if maybe_submit("visualize", run, cluster, profile, cluster_set, image, lambda r: (visualize_run, (r, *args))):
@@ -69,7 +69,7 @@ def sweep_report(
 
     Reads only the trial run directories, so it works offline, for either backend, mid-sweep.
     """
-    from inat.sweep_report import sweep_report as make_report
+    from inat.figures.sweep_report import sweep_report as make_report
 
     for path in make_report(sweep_dir(sweep_id, out), pdf=pdf):
         typer.echo(f"wrote {path}")
@@ -80,7 +80,7 @@ def report(
     path: Path = typer.Argument(..., help="A run directory or a sweep directory."),
 ) -> None:
     """Write one self-contained PATH/report.html: metrics, config, history, figures (images embedded)."""
-    from inat.report import write_report
+    from inat.figures.report import write_report
 
     typer.echo(f"wrote {write_report(path)}")
 

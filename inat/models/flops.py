@@ -91,7 +91,7 @@ def _row(name: str, shape: tuple, params: int, macs: int, non_trainable: int = 0
 
 
 def _count_transfer(cfg, n_classes: int) -> dict[str, Any]:
-    from .models import make_model  # lazy: building needs Keras; weights are not needed to count
+    from .common import make_model  # lazy: building needs Keras; weights are not needed to count
 
     model = make_model(cfg.replace(weights="none"), n_classes)
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)

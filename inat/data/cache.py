@@ -2,8 +2,8 @@
 
 A sweep trains dozens of models on the same JPEGs; decoding them again in every epoch of every trial
 is most of the CPU time on CPU nodes and starves a GPU. `build_cache` decodes every image under
-ROOT/train and ROOT/val once, with the same op as the uncached pipeline (`data.decode_resize`), into
-one uint8 array on scratch, and `find_cache` hands it to `data.dataset_for` whenever it still matches
+ROOT/train and ROOT/val once, with the same op as the uncached pipeline (`inat.data.pipeline.decode_resize`), into
+one uint8 array on scratch, and `find_cache` hands it to `inat.data.dataset_for` whenever it still matches
 the files on disk. Layout, under the cache root (normally SCRATCH/cache):
 
     <dataset folder name>-<hash of its absolute path>/
@@ -45,9 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data
-from .errors import DataError, InatError
-from .fsutil import read_json, write_text
+from ..errors import DataError, InatError
+from ..fsutil import read_json, write_text
+from .pipeline import decode_resize, finish_batches
+from .splits import Splits, _problems, discover, image_files
 
 log = logging.getLogger("inat")
 
@@ -70,10 +71,10 @@ class Cache:
         return int(self.manifest["image_size"])
 
     def dataset(
-        self, splits: data.Splits, split: str, batch_size: int, *, image_size: int | None = None,
+        self, splits: Splits, split: str, batch_size: int, *, image_size: int | None = None,
         shuffle: bool, augment: bool, seed: int = 0, repeat: bool = False,
     ):  # fmt: skip
-        """The same batches as `data.make_dataset` for this split, gathered from the array by row.
+        """The same batches as `inat.data.make_dataset` for this split, gathered from the array by row.
 
         Returns None (the caller decodes the JPEGs instead) if the split names a file the cache
         does not hold, e.g. a splits.json that lists files deleted before the cache was built.
@@ -117,7 +118,7 @@ class Cache:
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
-        return data.finish_batches(ds, augment=augment, seed=seed)
+        return finish_batches(ds, augment=augment, seed=seed)
 
 
 # ---- where ---------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def cache_path(data_root: str | os.PathLike, image_size: int, cache_root: str | 
 # ---- read ----------------------------------------------------------------------------------------
 
 
-def find_cache(splits: data.Splits, image_size: int, cache_root: str | os.PathLike) -> Cache | None:
+def find_cache(splits: Splits, image_size: int, cache_root: str | os.PathLike) -> Cache | None:
     """The cache of `splits.root` at `image_size` px if it matches the files on disk now, else None.
 
     Every "no" is logged with its reason: none built yet, built by another format version, or the
@@ -210,7 +211,7 @@ def describe_changes(built: dict, now: dict) -> str:
 def _stat_files(data_root) -> dict[str, tuple[int, int]]:
     """{relative path: (size, mtime_ns)} of every image under ROOT/train and ROOT/val."""
     root = Path(os.path.abspath(data_root))
-    rels = data.image_files(root)
+    rels = image_files(root)
 
     def stat(block):
         out = []
@@ -222,7 +223,7 @@ def _stat_files(data_root) -> dict[str, tuple[int, int]]:
             out.append((rel, (st.st_size, st.st_mtime_ns)))
         return out
 
-    # Threads, as in data.check_images: on cluster filesystems every stat is a round trip.
+    # Threads, as in inat.data.check_images: on cluster filesystems every stat is a round trip.
     blocks = [rels[i : i + 512] for i in range(0, len(rels), 512)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         return dict(item for block in pool.map(stat, blocks) for item in block)
@@ -276,11 +277,11 @@ def check_image_size(image_size) -> int:
 
 def _build(root: Path, image_size: int, path: Path, files: dict[str, tuple[int, int]]) -> None:
     t0 = time.perf_counter()
-    splits = data.discover(root)  # validates the layout; gives the class map
+    splits = discover(root)  # validates the layout; gives the class map
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)  # we hold the lock: these builders are dead
     rels = sorted(files)
-    problems = data._problems([str(root / rel) for rel in rels])
+    problems = _problems([str(root / rel) for rel in rels])
     bad = {rel: why for rel, why in zip(rels, problems) if why is not None}
     todo = [rel for rel in rels if rel not in bad]
     _check_space(path.parent, len(todo) * image_size * image_size * 3)
@@ -353,7 +354,7 @@ def _decode_into(root: Path, rels: list[str], image_size: int, out: Path) -> np.
             paths = [str(root / rel) for rel in rels]
             ds = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(rels), dtype=np.int64)))
             ds = ds.map(
-                lambda p, i: (data.decode_resize(tf.io.read_file(p), image_size), i),
+                lambda p, i: (decode_resize(tf.io.read_file(p), image_size), i),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
             ds = ds.ignore_errors(log_warning=True).batch(256).prefetch(2)

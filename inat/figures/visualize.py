@@ -19,11 +19,13 @@ from typing import Iterable
 
 import numpy as np
 
-from . import data, guided, models, plots
-from .config import RunConfig
-from .errors import InatError
-from .fsutil import read_json
-from .layout import require_model
+from .. import data
+from ..config import RunConfig
+from ..errors import InatError
+from ..fsutil import read_json
+from ..layout import require_model
+from ..models.common import Preprocess, base_model, conv_layer_names, input_size, load_model
+from . import guided, plots
 
 log = logging.getLogger("inat")
 
@@ -88,12 +90,12 @@ class _Run:
     @property
     def model(self):
         if self._model is None:
-            self._model = models.load_model(require_model(self.dir))
+            self._model = load_model(require_model(self.dir))
         return self._model
 
     @property
     def size(self) -> int:
-        return models.input_size(self.cfg)
+        return input_size(self.cfg)
 
     def images(self, indices) -> tuple[np.ndarray, list[int]]:
         """Test images at `indices`, as the model sees them, and which of `indices` decoded."""
@@ -136,10 +138,10 @@ def _grid(run: _Run, seed: int, pdf: bool, **_) -> list[Path]:
 
 def first_conv(model) -> tuple[object, object]:
     """(layer owner, first conv layer): the model itself for scratch, the nested base for Part B."""
-    names = models.conv_layer_names(model)
+    names = conv_layer_names(model)
     if not names:
         raise InatError(f"model {model.name}: has no convolution layer to show")
-    owner = models.base_model(model) or model
+    owner = base_model(model) or model
     return owner, owner.get_layer(names[0])
 
 
@@ -147,7 +149,7 @@ def _first_conv_features(model, layer):
     """images -> that layer's output. For Part B, the layers before the base (preprocessing) first."""
     import keras
 
-    base = models.base_model(model)
+    base = base_model(model)
     if base is None:
         return keras.Model(model.input, layer.output)
     inner = keras.Model(base.input, layer.output)
@@ -165,7 +167,7 @@ def _first_conv_features(model, layer):
 
 
 def _input_is_bgr(model) -> bool:
-    return any(isinstance(layer, models.Preprocess) and layer.mode == "caffe" for layer in model.layers)
+    return any(isinstance(layer, Preprocess) and layer.mode == "caffe" for layer in model.layers)
 
 
 def _filters(run: _Run, seed: int, pdf: bool, **_) -> list[Path]:
@@ -259,7 +261,7 @@ def receptive_field(model, target: str, row: int, col: int, size: int) -> tuple[
 def _confusion(run: _Run, pdf: bool, **_) -> list[Path]:
     path = run.dir / "test_metrics.json"
     if not path.is_file():
-        from .evaluate import evaluate
+        from ..evaluate import evaluate
 
         log.info("visualize: no test_metrics.json yet; evaluating %s on the test split first", run.dir.name)
         evaluate(run.dir, run.data_root)

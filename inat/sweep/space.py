@@ -12,8 +12,8 @@ import math
 import zlib
 from typing import Any
 
-from .errors import ConfigError
-from .sweep_spec import INT_KEYS, UNBOUNDED, SweepSpec
+from ..errors import ConfigError
+from .spec import INT_KEYS, UNBOUNDED, SweepSpec
 
 def _encode(value: Any) -> Any:
     """Optuna's categorical choices must be None/bool/int/float/str: lists travel as JSON strings."""
@@ -106,13 +106,13 @@ def make_sampler(spec: SweepSpec, seed: int, agent_id: str = "", trials_before: 
 
 
 def make_pruner(spec: SweepSpec, epochs: int):
-    """early_terminate -> W&B's own hyperband rule (`inat.sweep_hyperband`); none -> no pruning.
+    """early_terminate -> W&B's own hyperband rule (`inat.sweep.hyperband`); none -> no pruning.
 
     `epochs` plays no part: W&B's bands do not depend on how long the runs are.
     """
     import optuna
 
-    from .sweep_hyperband import WandbHyperbandPruner
+    from .hyperband import WandbHyperbandPruner
 
     if spec.early_terminate is None:
         return optuna.pruners.NopPruner()

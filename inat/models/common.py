@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from .errors import InatError
+from ..errors import InatError
 from .weights import resolve_weights
 
 # Part B bases: constructor, the input side the ImageNet weights were trained at, and the

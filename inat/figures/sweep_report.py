@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from .config import RunConfig
-from .errors import InatError
-from .fsutil import read_json, write_csv
+from ..config import RunConfig
+from ..errors import InatError
+from ..fsutil import read_json, write_csv
 
 # run.json status -> trial state (the names `sweep-status` shows)
 STATES = {"completed": "finished", "stopped": "pruned", "pruned": "pruned", "failed": "failed",

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .fsutil import read_json
-from .sweep import Sweep, mark_run, trial_name
+from ..fsutil import read_json
+from .store import Sweep, mark_run, trial_name
 
 log = logging.getLogger("inat")
 HEARTBEAT_S = 30.0

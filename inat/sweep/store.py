@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from . import layout
-from .config import RunConfig
-from .data import _check_root
-from .errors import ConfigError, InatError
-from .fsutil import atomic_path, make_dir, read_json, write_json
-from .history import best_epoch, committed_rows
-from .sweep_spec import SweepSpec, load_spec
+from .. import layout
+from ..config import RunConfig
+from ..data.splits import _check_root
+from ..errors import ConfigError, InatError
+from ..fsutil import atomic_path, make_dir, read_json, write_json
+from ..rundir import best_epoch, committed_rows
+from .spec import SweepSpec, load_spec
 
 BACKENDS = ("local", "wandb")
 # run.json status -> the state sweep-status shows
@@ -131,7 +131,7 @@ def trial_name(number: int) -> str:
 def read_trial(run_dir: Path, metric: str = "val_accuracy", maximize: bool = True) -> dict[str, Any]:
     """What one trial's run directory says: status, epochs done, its best epoch by `metric`, config.
 
-    The best epoch is picked by the rule train() keeps model.keras by (`inat.history.best_epoch`,
+    The best epoch is picked by the rule train() keeps model.keras by (`inat.rundir.best_epoch`,
     over the committed epochs), so for a trial trained with the sweep's metric it is the epoch its
     model.keras holds; `best_val_accuracy` is the val_accuracy of that epoch.
     """

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, InatError
+from ..errors import ConfigError, InatError
 
 # Suffixes Keras's `load_weights` understands (".weights.h5" ends in ".h5").
 WEIGHT_SUFFIXES = (".h5", ".hdf5", ".keras")

@@ -17,10 +17,10 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
-from . import layout, tracking
-from .errors import InatError
-from .sweep import Sweep, mark_run, read_trial
-from .sweep_spec import SweepSpec
+from .. import layout, tracking
+from ..errors import InatError
+from .spec import SweepSpec
+from .store import Sweep, mark_run, read_trial
 
 log = logging.getLogger("inat")
 PROBE_TIMEOUT_S = 5.0
@@ -100,7 +100,7 @@ def run_agent(sweep: Sweep, count: int | None = None) -> None:
     preflight()
     import wandb
 
-    from .train import train
+    from ..train import train
 
     spec = sweep.spec()
     entity, project, sweep_id = sweep.wandb_sweep.split("/")

@@ -12,8 +12,8 @@ from inat import layout
 from inat.config import MODELS, RunConfig
 from inat.errors import InatError
 
-from .cli import app
-from .cluster import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
+from ..cli import app
+from ..slurm.profile import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; keys as in `configs/default.yaml`.")
 SetOpt = typer.Option(
@@ -68,8 +68,8 @@ def test(
     image: Optional[Path] = ImageOpt,
 ) -> None:
     """Evaluate each run's model.keras on the test split; writes RUN/test_metrics.json and predictions.csv."""
-    from .submit import maybe_submit
-    from .tasks import evaluate_run
+    from ..slurm.submit import maybe_submit
+    from ..tasks import evaluate_run
 
     if batch_size is not None and batch_size < 1:
         raise InatError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
@@ -91,9 +91,10 @@ def model_info(
 ) -> None:
     """Parameters and computations of a config: the closed-form formula next to Keras's own count."""
     cfg = RunConfig.load(config, set_ or [])
-    from inat import flops, models
+    from inat.models import flops
+    from inat.models.common import make_model
 
-    model = models.make_model(cfg.replace(weights="none"), classes)
+    model = make_model(cfg.replace(weights="none"), classes)
     keras_params = model.count_params()
     if cfg.is_transfer:
         typer.echo(f"{cfg.model}: {keras_params:,} parameters (Keras); the closed-form formula covers the scratch CNN only")
@@ -113,7 +114,7 @@ def fetch_weights(
     ),
 ) -> None:
     """Download the ImageNet no-top weights into the Keras cache ($KERAS_HOME/models). Run where there is internet."""
-    from inat import weights
+    from inat.models import weights
 
     names = models_ or list(MODELS[1:])
     for name in names:
@@ -132,7 +133,7 @@ def make_demo_data(
     overwrite: bool = typer.Option(False, help="Replace an existing non-empty directory."),
 ) -> None:
     """Write a small learnable synthetic dataset with the 10 iNaturalist class names."""
-    from inat.demo import make_demo_data as make
+    from inat.data.demo import make_demo_data as make
 
     path = make(root, n_train_per_class=train_per_class, n_test_per_class=test_per_class, seed=seed, overwrite=overwrite)
     typer.echo(f"demo data: {path}")
@@ -142,6 +143,6 @@ def _check_data_root(data: Path) -> None:
     """The layout checks of `discover`, before TensorFlow loads or a run directory is made."""
     if not data.exists():
         raise InatError(f"--data {data}: directory not found")
-    from inat.data import _check_root
+    from inat.data.splits import _check_root
 
     _check_root(data)

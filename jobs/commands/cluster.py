@@ -15,11 +15,11 @@ from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
 from inat.sweep import load_sweep
 
-from . import jobstate
-from .cli import app
-from .cluster import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
-from .cmd_run import DataOpt, OutOpt, SetOpt
-from .cmd_sweep import AgentsOpt, BackendOpt, SeedOpt, StorageOpt, TrialsPerAgentOpt
+from ..cli import app
+from ..slurm import jobstate
+from ..slurm.profile import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
+from .run import DataOpt, OutOpt, SetOpt
+from .sweep import AgentsOpt, BackendOpt, SeedOpt, StorageOpt, TrialsPerAgentOpt
 
 TopKOpt = typer.Option(1, "--top-k", "-k", help="Retrain the K best finished trials of the sweep.")
 SeedsOpt = typer.Option(
@@ -52,8 +52,8 @@ def retrain_best(
     """Retrain the sweep's top-K configs x S seeds as one array job, into runs/<sweep_id>-best<k>-seed<s>/."""
     from inat.sweep import best_configs
 
-    from .submit import add_records, run_calls, submit_calls
-    from .tasks import TrainTask, retrain_name, retrain_plan, write_origin
+    from ..slurm.submit import add_records, run_calls, submit_calls
+    from ..tasks import TrainTask, retrain_name, retrain_plan, write_origin
 
     _check_counts(top_k, seeds, epochs)
     sw = load_sweep(layout.scratch_root(out), sweep_id)
@@ -129,9 +129,9 @@ def pipeline(
 ) -> None:
     """Sweep -> retrain the top K x S seeds -> test -> figures. On Slurm: four chained array jobs, submitted
     at once; with --cluster local: the same stages, one after another, on this machine."""
-    from . import pipeline as pl
-    from .cmd_sweep import create_sweep
-    from .tasks import parse_figures
+    from .. import pipeline as pl
+    from ..tasks import parse_figures
+    from .sweep import create_sweep
 
     _check_counts(top_k, seeds, epochs)
     figures = parse_figures(what)
@@ -174,7 +174,7 @@ def status(
     json_: bool = JsonOpt,
 ) -> None:
     """The jobs of a pipeline or sweep and their states (from sacct); without an id, the recent ones."""
-    from .collect import recent, resolve
+    from ..collect import recent, resolve
 
     scratch = layout.scratch_root(out)
     if ident is None:
@@ -219,8 +219,8 @@ def collect(
 ) -> None:
     """Copy results off scratch: models, test metrics, figures, sweep table, configs, histories, logs of
     failed jobs; never checkpoints. Safe to repeat."""
-    from .collect import collect as do_collect
-    from .collect import recent, resolve
+    from ..collect import collect as do_collect
+    from ..collect import recent, resolve
 
     scratch = layout.scratch_root(out)
     if ident is None:

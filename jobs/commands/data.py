@@ -10,7 +10,7 @@ import typer
 from inat import layout
 from inat.errors import InatError
 
-from .cli import app
+from ..cli import app
 
 
 @app.command("cache-data")
@@ -26,7 +26,7 @@ def cache_data(
     force: bool = typer.Option(False, "--force", help="Rebuild even if an up-to-date cache exists."),
 ) -> None:
     """Decode and resize every image once into SCRATCH/cache/, which `train` then reads instead of the JPEGs."""
-    from inat import cache
+    from inat.data import cache
 
     size = cache.check_image_size(image_size)
     if not data.exists():

@@ -20,13 +20,13 @@ from inat import layout
 from inat.config import parse_overrides
 from inat.errors import ConfigError, InatError
 from inat.sweep import BACKENDS, Sweep, best_configs, load_sweep, new_sweep, read_trial
-from inat.sweep_liveness import HEARTBEAT_S, STALE_AFTER_S
-from inat.sweep_optuna import optuna_space
-from inat.sweep_spec import load_spec
+from inat.sweep.liveness import HEARTBEAT_S, STALE_AFTER_S
+from inat.sweep.space import optuna_space
+from inat.sweep.spec import load_spec
 
-from .cli import app
-from .cluster import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
-from .cmd_run import DataOpt, OutOpt, SetOpt
+from ..cli import app
+from ..slurm.profile import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
+from .run import DataOpt, OutOpt, SetOpt
 
 # A shorter grace would fail trials whose agents are alive but missed a beat or two (a busy node, a
 # slow scratch file system).
@@ -85,7 +85,7 @@ def launch_sweep(
     if backend == "wandb":
         say(f"W&B sweep: {sw.wandb_sweep}")
     if cluster == "slurm":
-        from .submit import submit_agents
+        from ..slurm.submit import submit_agents
 
         try:
             job_ids = submit_agents(sw.dir, agents, trials_per_agent, profile=profile)
@@ -127,9 +127,9 @@ def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], back
         optuna_space(spec)
         _check_bounded(spec, trials_per_agent, "--trials-per-agent")
     else:
-        from inat import sweep_wandb
+        from inat.sweep import wandb_backend
 
-        sweep_wandb.preflight()
+        wandb_backend.preflight()
     if not data.is_dir():
         raise InatError(f"--data {data}: directory not found")
     if not spec.metric.startswith("val_"):
@@ -140,11 +140,11 @@ def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], back
     sw, spec = new_sweep(layout.scratch_root(out), sweep, backend, data, fixed, storage, seed)
     try:
         if backend == "local":
-            from inat.sweep_local import create_study
+            from inat.sweep.local import create_study
 
             create_study(sw, spec)
         else:
-            sweep_wandb.create(sw, spec)
+            wandb_backend.create(sw, spec)
     except BaseException:
         shutil.rmtree(sw.dir, ignore_errors=True)
         raise
@@ -172,11 +172,11 @@ def agent(
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", agent_id):
         raise ConfigError(f"--agent-id {agent_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
     if sw.backend == "wandb":
-        from inat import sweep_wandb
+        from inat.sweep import wandb_backend
 
-        sweep_wandb.run_agent(sw, count)
+        wandb_backend.run_agent(sw, count)
         return
-    from inat.sweep_local import run_agent
+    from inat.sweep.local import run_agent
 
     _check_bounded(sw.spec(), count, "--count")
     result = run_agent(sw, agent_id, count, stale_after)
@@ -204,7 +204,7 @@ def sweep_status(
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     spec = sw.spec()
     if sw.backend == "local":
-        from inat.sweep_local import trial_rows
+        from inat.sweep.local import trial_rows
 
         rows = trial_rows(sw, spec, stale_after, fail_stale=fail_stale)
     elif fail_stale:
@@ -297,7 +297,7 @@ def _default_agent_id() -> str:
 def _start_local_agents(sw: Sweep, n: int, count: int | None) -> list[subprocess.Popen]:
     sw.agents_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[1])  # so `python -m jobs` works from a checkout too
+    repo = str(Path(__file__).resolve().parents[2])  # so `python -m jobs` works from a checkout too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     procs = []
     for i in range(n):

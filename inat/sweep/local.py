@@ -6,7 +6,7 @@ which some mounts forbid). `--storage URL` uses an Optuna RDB (PostgreSQL/MySQL)
 
 Each agent is an ask/tell loop around train(): a Keras callback reports the sweep metric per epoch
 (step = epoch number) and stops training when the pruner says so. Dead agents and requeued ones are
-handled in `inat.sweep_liveness`. Only Optuna's public API is used (tests/test_sweep_local.py
+handled in `inat.sweep.liveness`. Only Optuna's public API is used (tests/test_sweep_local.py
 scans for private attributes), so an Optuna upgrade cannot silently break the agents.
 """
 
@@ -20,18 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import layout
-from .config import RunConfig
-from .errors import InatError
-from .fsutil import write_json
-from .history import committed_rows
-from .sweep import Sweep, mark_run, read_trial, trial_name
-from .sweep_liveness import (
+from .. import layout
+from ..config import RunConfig
+from ..errors import InatError
+from ..fsutil import write_json
+from ..rundir import committed_rows
+from .liveness import (
     HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, requeue, run_dir_of, set_attr,
     stale_trials, superseded, tell, trial_states,
 )
-from .sweep_optuna import decode, make_pruner, make_sampler, optuna_space
-from .sweep_spec import SweepSpec
+from .space import decode, make_pruner, make_sampler, optuna_space
+from .spec import SweepSpec
+from .store import Sweep, mark_run, read_trial, trial_name
 
 log = logging.getLogger("inat")
 MAX_CONSECUTIVE_FAILURES = 3
@@ -78,7 +78,7 @@ def create_study(sweep: Sweep, spec: SweepSpec) -> None:
 
 def open_study(sweep: Sweep, spec: SweepSpec, agent_id: str = "", storage=None):
     """The sweep's study; pass `storage` (from `storage_for`) to keep a handle on it for
-    `inat.sweep_liveness.set_frozen_attr`."""
+    `inat.sweep.liveness.set_frozen_attr`."""
     import optuna
 
     epochs = sweep_epochs(sweep, spec)
@@ -240,8 +240,8 @@ def train_trial(tr: TrialRun) -> Outcome:
 
     import keras
 
-    from . import tracking
-    from .train import train
+    from .. import tracking
+    from ..train import train
 
     class Pruning(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .errors import DataError
-from .fsutil import make_dir, os_reason
+from ..errors import DataError
+from ..fsutil import make_dir, os_reason
 
 INAT_CLASSES = (
     "Amphibia", "Animalia", "Arachnida", "Aves", "Fungi",
