@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from inat.figures import guided  # noqa: E402
-from inat.models import common as models  # noqa: E402
+from inat.models.common import make_model  # noqa: E402
 from inat.config import RunConfig  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def main() -> None:
     cfg = RunConfig().replace(image_size=args.image_size)
     if args.activation:
         cfg = cfg.replace(activation=args.activation)
-    model = models.make_model(cfg, 10)
+    model = make_model(cfg, 10)
     n = 10
     shape = (n, cfg.image_size, cfg.image_size, 3)
     images = np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)

@@ -186,7 +186,7 @@ def measure_fit(args, splits, found, np, tf) -> dict:
     import keras
 
     from inat import data
-    from inat.models import common as models
+    from inat.models.common import compile_model, make_model
     from inat.config import RunConfig
 
     cfg = RunConfig(image_size=args.image_size)  # the seed's best config, at 128 px
@@ -206,8 +206,8 @@ def measure_fit(args, splits, found, np, tf) -> dict:
     keras.utils.set_random_seed(0)
     nets = {}
     for key in ("fit_cached", "fit_in_memory"):
-        nets[key] = models.make_model(cfg, len(splits.classes))
-        models.compile_model(nets[key], cfg)
+        nets[key] = make_model(cfg, len(splits.classes))
+        compile_model(nets[key], cfg)
     epochs = {key: 0 for key in nets}
 
     def one_epoch(key) -> float:

@@ -144,10 +144,10 @@ def test_visualize_is_seeded_and_subsets(run_copy):
 
 def test_receptive_field_box_holds_the_whole_gradient(trained_run):
     from inat.figures import guided
-    from inat.models import common as models
+    from inat.models.common import load_model
     from inat.figures.visualize import receptive_field
 
-    model = models.load_model(trained_run)
+    model = load_model(trained_run)
     size = model.input.shape[1]
     images = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype(np.float32)
     grad = guided.NeuronGradients(guided.activation_model(model, "conv2"))(images, [3], [5], [0])[0]
@@ -170,13 +170,13 @@ def test_visualize_bad_inputs_are_one_line_errors(tmp_path, run_copy):
 
 def test_part_b_run_gets_filters_and_grid_and_skips_guided(run_copy, caplog):
     """ResNet50 with random weights: first conv of the base (7x7x3x64, BGR flipped to RGB), no conv5."""
-    from inat.models import common as models
+    from inat.models.common import make_model
     from inat.config import RunConfig
     from inat.figures.visualize import visualize
 
     cfg = RunConfig.load(run_copy / "config.yaml").replace(model="resnet50", weights="none")
     cfg.save(run_copy / "config.yaml")
-    model = models.make_model(cfg, len(CLASSES))
+    model = make_model(cfg, len(CLASSES))
     model.save(run_copy / "model.keras")
     with caplog.at_level(logging.INFO, logger="inat"):
         written = visualize(run_copy, what="filters,guided", pdf=False)

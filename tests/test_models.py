@@ -10,18 +10,8 @@ import pytest
 
 from inat.config import ACTIVATIONS, RunConfig
 from inat.errors import InatError
-from inat.models.common import (
-    BASES,
-    Preprocess,
-    base_layers,
-    base_model,
-    compile_model,
-    conv_layer_names,
-    freeze_base,
-    input_size,
-    load_model,
-    make_model,
-)
+from inat.models.common import compile_model, conv_layer_names, input_size, load_model, make_model
+from inat.models.transfer import BASES, Preprocess, base_layers, base_model, freeze_base
 from inat.models.weights import WEIGHT_FILES
 
 # Keras's own weight saving/loading converts tensors with np.array(x), which numpy 2 flags on

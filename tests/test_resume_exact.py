@@ -97,9 +97,9 @@ def test_epoch_seeds_differ_by_epoch_and_stream_and_repeat_exactly():
 def test_reseeding_makes_dropout_draw_the_same_masks_again(tiny_cfg):
     import keras
 
-    from inat.models import common as models
+    from inat.models.common import make_model
 
-    model = models.make_model(tiny_cfg.replace(dropout=0.5), 10)
+    model = make_model(tiny_cfg.replace(dropout=0.5), 10)
     x = np.ones((4, 32, 32, 3), dtype="float32") * 100
 
     def masks(epoch):

@@ -24,7 +24,8 @@ from ..config import RunConfig
 from ..errors import InatError
 from ..fsutil import read_json
 from ..layout import require_model
-from ..models.common import Preprocess, base_model, conv_layer_names, input_size, load_model
+from ..models.common import conv_layer_names, input_size, load_model
+from ..models.transfer import Preprocess, base_model
 from . import guided, plots
 
 log = logging.getLogger("inat")
