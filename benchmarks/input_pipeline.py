@@ -68,7 +68,7 @@ def run(args, work: Path) -> dict:
     import tensorflow as tf
 
     from inat import data
-    from inat.data import cache
+    from inat.data import cache, cache_build
     from inat.data.demo import make_synthetic_jpegs
 
     root = work / "data"
@@ -88,7 +88,7 @@ def run(args, work: Path) -> dict:
 
     S, B = args.image_size, args.batch_size
     t0 = time.perf_counter()
-    cache_path = cache.build_cache(root, S, work / "cache", force=True)
+    cache_path = cache_build.build_cache(root, S, work / "cache", force=True)
     build_rate = (args.n + len(CLASSES)) / (time.perf_counter() - t0)
     found = cache.find_cache(splits, S, work / "cache")
     assert found is not None
@@ -186,8 +186,8 @@ def measure_fit(args, splits, found, np, tf) -> dict:
     import keras
 
     from inat import data
-    from inat.models.common import compile_model, make_model
     from inat.config import RunConfig
+    from inat.models.common import compile_model, make_model
 
     cfg = RunConfig(image_size=args.image_size)  # the seed's best config, at 128 px
     rows = np.array([found.rows[rel] for rel, _ in splits.train])

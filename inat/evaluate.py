@@ -13,6 +13,7 @@ import numpy as np
 
 from . import data
 from .config import RunConfig
+from .data.cache import find_cache
 from .errors import ConfigError, InatError
 from .fsutil import write_csv, write_json
 from .layout import require_model
@@ -40,9 +41,9 @@ def evaluate(
     splits = data.Splits.load(run_dir / "splits.json", root=str(data_root) if data_root else None)
     model = load_model(model_path)
 
-    ds = data.dataset_for(
-        splits, "test", input_size(cfg), batch_size or cfg.batch_size, training=False, cache=cache_root
-    )
+    size = input_size(cfg)
+    found = find_cache(splits, size, cache_root) if cache_root is not None else None
+    ds = data.dataset_for(splits, "test", size, batch_size or cfg.batch_size, training=False, cache=found)
     y_true, probs = [], []
     for images, labels in ds:
         probs.append(model.predict_on_batch(images))

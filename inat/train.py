@@ -37,6 +37,8 @@ import keras
 
 from . import data, seeding, tracking
 from .config import RunConfig
+from .data.cache import find_cache
+from .data.cache_build import build_cache
 from .errors import InatError
 from .fsutil import make_dir, os_reason, read_json, write_csv, write_json
 from .models.common import compile_model, input_size, load_model, make_model
@@ -74,7 +76,7 @@ def train(
     `cache_root` (normally `layout.cache_dir(SCRATCH)`) turns on the decoded-image cache: batches
     come from the cache of this dataset at this input size when one matches the files on disk;
     if none does and `build_cache` is true, it is built first (once, however many runs start
-    together; see `inat.data.cache`). Without `cache_root` the JPEGs are decoded every epoch.
+    together; see `inat.data.cache_build`). Without `cache_root` the JPEGs are decoded every epoch.
 
     A new run directory that fails before its first epoch is committed (bad data, missing weights,
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
@@ -252,16 +254,14 @@ def save_model_atomic(model, path: Path) -> None:
 
 
 def _find_or_build_cache(splits, image_size: int, cache_root, build: bool):
-    from .data import cache
-
-    found = cache.find_cache(splits, image_size, cache_root)
+    found = find_cache(splits, image_size, cache_root)
     if found is None and build:
         try:
-            cache.build_cache(splits.root, image_size, cache_root)
+            build_cache(splits.root, image_size, cache_root)
         except InatError as exc:  # e.g. scratch is full: slower, but the run still trains
             log.warning("could not build the decoded-image cache (%s); decoding the JPEGs", exc)
             return None
-        found = cache.find_cache(splits, image_size, cache_root)
+        found = find_cache(splits, image_size, cache_root)
     return found
 
 

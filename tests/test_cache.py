@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO, TINY, run_cli
 from inat import data
-from inat.data import cache
+from inat.data import cache, cache_build
 from inat.config import RunConfig
 from inat.data.demo import INAT_CLASSES, make_demo_data
 from inat.errors import DataError, InatError
@@ -47,7 +47,7 @@ def mangle_keeping_size_and_mtime(path: Path) -> None:
 
 
 def test_build_writes_array_and_manifest(root, tmp_path):
-    path = cache.build_cache(root, SIZE, tmp_path / "cache")
+    path = cache_build.build_cache(root, SIZE, tmp_path / "cache")
     assert path == cache.cache_path(root, SIZE, tmp_path / "cache") and path.name == f"{SIZE}px"
     m = json.loads((path / "manifest.json").read_text())
     assert m["format"] == cache.FORMAT and m["image_size"] == SIZE and m["data_root"] == str(root)
@@ -64,7 +64,7 @@ def test_build_writes_array_and_manifest(root, tmp_path):
 
 
 def test_cached_batches_equal_uncached_ones(root, tmp_path):
-    cache.build_cache(root, SIZE, tmp_path / "cache")
+    cache_build.build_cache(root, SIZE, tmp_path / "cache")
     splits = data.discover(root)
     found = cache.find_cache(splits, SIZE, tmp_path / "cache")
     assert found is not None
@@ -84,12 +84,13 @@ def test_matching_cache_is_what_training_reads(root, tmp_path):
     run_dir.mkdir()
     splits.save(run_dir / "splits.json")
     cache_root = tmp_path / "cache"
-    cache.build_cache(root, SIZE, cache_root)
+    cache_build.build_cache(root, SIZE, cache_root)
     expected = collect(data.dataset_for(splits, "val", SIZE, 8, training=False))
     for rel in data.image_files(root):
         mangle_keeping_size_and_mtime(root / rel)  # the JPEGs are now useless
 
-    from_cache = collect(data.dataset_for(splits, "val", SIZE, 8, training=False, cache=cache_root))
+    found = cache.find_cache(splits, SIZE, cache_root)
+    from_cache = collect(data.dataset_for(splits, "val", SIZE, 8, training=False, cache=found))
     assert np.array_equal(from_cache[0], expected[0])
     uncached = data.dataset_for(splits, "val", SIZE, 8, training=False)
     assert sum(len(y) for _, y in uncached) == 0  # every image fails to decode and is dropped
@@ -104,7 +105,7 @@ def test_matching_cache_is_what_training_reads(root, tmp_path):
 @pytest.mark.parametrize("change", ["touch", "add", "remove", "resize"])
 def test_changed_data_means_no_match_and_says_why(root, tmp_path, caplog, change):
     cache_root = tmp_path / "cache"
-    cache.build_cache(root, SIZE, cache_root)
+    cache_build.build_cache(root, SIZE, cache_root)
     splits = data.discover(root)
     victim = root / splits.train[0][0]
     if change == "touch":
@@ -127,7 +128,7 @@ def test_changed_data_means_no_match_and_says_why(root, tmp_path, caplog, change
 
     if change != "remove":  # (a removed file would make the old splits point at nothing)
         old_id = json.loads((cache.cache_path(root, SIZE, cache_root) / "manifest.json").read_text())["build_id"]
-        path = cache.build_cache(root, SIZE, cache_root)  # rebuilds, replacing the stale one
+        path = cache_build.build_cache(root, SIZE, cache_root)  # rebuilds, replacing the stale one
         assert json.loads((path / "manifest.json").read_text())["build_id"] != old_id
         assert cache.find_cache(splits, SIZE, cache_root) is not None
 
@@ -137,7 +138,7 @@ def test_no_cache_and_other_size_are_logged_misses(root, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="inat"):
         assert cache.find_cache(splits, SIZE, tmp_path / "cache") is None
     assert "none built" in caplog.text and "cache-data" in caplog.text
-    cache.build_cache(root, SIZE, tmp_path / "cache")
+    cache_build.build_cache(root, SIZE, tmp_path / "cache")
     assert cache.find_cache(splits, SIZE + 8, tmp_path / "cache") is None  # each size is its own cache
 
 
@@ -145,7 +146,7 @@ def test_reader_during_a_build_sees_no_cache(root, tmp_path, monkeypatch):
     cache_root = tmp_path / "cache"
     splits = data.discover(root)
     seen = {}
-    real = cache._decode_into
+    real = cache_build._decode_into
 
     def decode_and_look(*args, **kwargs):
         written = real(*args, **kwargs)  # the array is complete, the manifest not yet written
@@ -153,8 +154,8 @@ def test_reader_during_a_build_sees_no_cache(root, tmp_path, monkeypatch):
         seen["found"] = cache.find_cache(splits, SIZE, cache_root)
         return written
 
-    monkeypatch.setattr(cache, "_decode_into", decode_and_look)
-    cache.build_cache(root, SIZE, cache_root)
+    monkeypatch.setattr(cache_build, "_decode_into", decode_and_look)
+    cache_build.build_cache(root, SIZE, cache_root)
     assert any(".tmp-" in name for name in seen["tmp"]) and f"{SIZE}px" not in seen["tmp"]
     assert seen["found"] is None
     assert cache.find_cache(splits, SIZE, cache_root) is not None
@@ -162,11 +163,11 @@ def test_reader_during_a_build_sees_no_cache(root, tmp_path, monkeypatch):
 
 def test_a_reader_keeps_its_cache_when_a_rebuild_replaces_it(root, tmp_path):
     cache_root = tmp_path / "cache"
-    cache.build_cache(root, SIZE, cache_root)
+    cache_build.build_cache(root, SIZE, cache_root)
     old = cache.find_cache(data.discover(root), SIZE, cache_root)
     first = np.array(old.images[:4])
     shutil.copy(root / "train/Aves/aves_0000.jpg", root / "train/Aves/extra.jpg")
-    cache.build_cache(root, SIZE, cache_root)
+    cache_build.build_cache(root, SIZE, cache_root)
     assert not (old.path / old.manifest["array"]).exists()  # the old build is gone from the directory...
     assert np.array_equal(np.array(old.images[:4]), first)  # ...but its mapped pages stay readable
 
@@ -174,12 +175,12 @@ def test_a_reader_keeps_its_cache_when_a_rebuild_replaces_it(root, tmp_path):
 BUILDER = """
 import logging, os, sys, time
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-from inat.data import cache
+from inat.data import cache_build
 import tensorflow
 print("ready", flush=True)
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.005)
-print("result", cache.build_cache(sys.argv[2], int(sys.argv[3]), sys.argv[4]), flush=True)
+print("result", cache_build.build_cache(sys.argv[2], int(sys.argv[3]), sys.argv[4]), flush=True)
 """
 
 
@@ -214,7 +215,7 @@ def test_bad_images_are_skipped_and_listed(root, tmp_path, caplog):
     (root / "val/Fungi/garbled.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9")
     assert data.check_images([root / "val/Fungi/garbled.jpg"]) == []
     with caplog.at_level(logging.WARNING, logger="inat"):
-        path = cache.build_cache(root, SIZE, tmp_path / "cache")
+        path = cache_build.build_cache(root, SIZE, tmp_path / "cache")
     m = json.loads((path / "manifest.json").read_text())
     bad = {rel: why for rel, _, _, why in m["bad"]}
     assert bad == {"train/Fungi/fungi_0001.jpg": "truncated JPEG (no end marker)",
@@ -224,7 +225,8 @@ def test_bad_images_are_skipped_and_listed(root, tmp_path, caplog):
     # A split that still lists them (no drop_bad_images) gets the others, as the uncached pipeline
     # would, and the rows after the undecodable one hold the right images.
     splits = data.discover(root)
-    cached = collect(data.dataset_for(splits, "test", SIZE, 8, training=False, cache=tmp_path / "cache"))
+    found = cache.find_cache(splits, SIZE, tmp_path / "cache")
+    cached = collect(data.dataset_for(splits, "test", SIZE, 8, training=False, cache=found))
     plain = collect(data.dataset_for(splits, "test", SIZE, 8, training=False))
     assert len(cached[1]) == len(splits.test) - 2
     assert np.array_equal(cached[0], plain[0]) and np.array_equal(cached[1], plain[1])
@@ -233,18 +235,18 @@ def test_bad_images_are_skipped_and_listed(root, tmp_path, caplog):
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(InatError, match="image size 0: expected an integer from 8 to 1024"):
-        cache.build_cache(tmp_path, 0, tmp_path / "cache")
+        cache_build.build_cache(tmp_path, 0, tmp_path / "cache")
     with pytest.raises(DataError, match="dataset root does not exist"):
-        cache.build_cache(tmp_path / "nope", 64, tmp_path / "cache")
+        cache_build.build_cache(tmp_path / "nope", 64, tmp_path / "cache")
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing_behind(root, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "cache" / "x.npy"))
 
-    monkeypatch.setattr(cache, "_decode_into", full)
+    monkeypatch.setattr(cache_build, "_decode_into", full)
     with pytest.raises(InatError, match="cannot build the image cache: .*x.npy: No space left on device"):
-        cache.build_cache(root, SIZE, tmp_path / "cache")
+        cache_build.build_cache(root, SIZE, tmp_path / "cache")
     leftovers = [p.name for p in cache.cache_path(root, SIZE, tmp_path / "cache").parent.iterdir()]
     assert leftovers == [f".{SIZE}px.lock"]
 

@@ -1,8 +1,9 @@
 """The tf.data pipeline: batches of one split, decoded from the JPEGs or gathered from the cache.
 
 `make_dataset` builds a pipeline from a list of paths, `dataset_for` the one of a `Splits` split (from
-a decoded-image cache when one matches). TensorFlow is imported only inside these functions, so that
-`--help` and error paths stay fast.
+a decoded-image cache when one was found). `decode_resize` and `finish_batches` are the ops the cache
+shares, so that a run sees the same pixels with or without one. TensorFlow is imported only inside
+these functions, so that `--help` and error paths stay fast.
 """
 
 from __future__ import annotations
@@ -148,21 +149,17 @@ def dataset_for(
 ):  # fmt: skip
     """The pipeline for one split: shuffled (and augmented, if asked) only when training.
 
-    `cache` is a cache root directory (e.g. SCRATCH/cache) or an `inat.data.cache.Cache`: when a decoded-
-    image cache matching the dataset on disk is there, batches come from it; otherwise (none built,
-    or the data changed since; the log says which) the JPEGs are decoded as usual.
+    `cache` is an `inat.data.cache.Cache`, the decoded-image cache that `find_cache` found matching
+    the dataset on disk (it decides, and logs why not): batches then come from it, unless the split
+    names files it does not hold. Otherwise (None) the JPEGs are decoded as usual.
     """
     if cache is not None:
-        from . import cache as cache_mod
-
-        found = cache if isinstance(cache, cache_mod.Cache) else cache_mod.find_cache(splits, image_size, cache)
-        if found is not None:
-            ds = found.dataset(
-                splits, split, batch_size, image_size=image_size,
-                shuffle=training, augment=augment and training, seed=seed,
-            )  # fmt: skip
-            if ds is not None:
-                return ds
+        ds = cache.dataset(
+            splits, split, batch_size, image_size=image_size,
+            shuffle=training, augment=augment and training, seed=seed,
+        )  # fmt: skip
+        if ds is not None:
+            return ds
     return make_dataset(
         splits.paths(split), splits.labels(split), image_size, batch_size,
         shuffle=training, augment=augment and training, seed=seed,

@@ -52,12 +52,12 @@ class Splits:
     val_fraction: float | None = None
 
     def paths(self, split: str) -> list[str]:
-        return [os.path.join(self.root, rel) for rel, _ in self._items(split)]
+        return [os.path.join(self.root, rel) for rel, _ in self.items(split)]
 
     def labels(self, split: str) -> list[int]:
-        return [label for _, label in self._items(split)]
+        return [label for _, label in self.items(split)]
 
-    def _items(self, split: str) -> list[tuple[str, int]]:
+    def items(self, split: str) -> list[tuple[str, int]]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         return getattr(self, split)
@@ -116,7 +116,7 @@ def discover(root: str | os.PathLike, seed: int = 0, val_fraction: float = 0.1) 
     """Scan ROOT/train and ROOT/val, check that they agree, and draw a stratified train/val split."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-    root = _check_root(root)
+    root = check_root(root)
     ignored: list[str] = []
     train_files = _scan(root, "train", ignored)
     test_files = _scan(root, "val", ignored)
@@ -147,12 +147,13 @@ def discover(root: str | os.PathLike, seed: int = 0, val_fraction: float = 0.1) 
 
 def image_files(root: str | os.PathLike) -> list[str]:
     """Every image that `discover` sees under ROOT/train and ROOT/val, as sorted relative paths."""
-    root = _check_root(root)
+    root = check_root(root)
     found = [*_scan(root, "train", []).values(), *_scan(root, "val", []).values()]
     return sorted(rel for files in found for rel in files)
 
 
-def _check_root(root: str | os.PathLike) -> Path:
+def check_root(root: str | os.PathLike) -> Path:
+    """ROOT as an absolute path, or a one-line DataError unless it holds train/ and val/ folders."""
     root = Path(os.path.abspath(root))
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
@@ -255,12 +256,15 @@ def _decodes(path) -> bool:
 def check_images(paths: Iterable[str | os.PathLike]) -> list[str]:
     """The paths that are not complete JPEG/PNG files. Does not decode: 10k files in 0.1-0.3 s here."""
     paths = [os.fspath(p) for p in paths]
-    return [p for p, why in zip(paths, _problems(paths)) if why is not None]
+    return [p for p, why in zip(paths, image_problems(paths)) if why is not None]
 
 
-def _problems(paths: list) -> list[str | None]:
-    # Threads, each over a block of files: on cluster filesystems (Lustre, NFS) every open is a
-    # network round trip and 8 in flight help; blocks keep the per-task overhead off local disks.
+def image_problems(paths: list) -> list[str | None]:
+    """`image_problem` of each path, in order (None where the file looks fine).
+
+    Threads, each over a block of files: on cluster filesystems (Lustre, NFS) every open is a
+    network round trip and 8 in flight help; blocks keep the per-task overhead off local disks.
+    """
     blocks = [paths[i : i + 512] for i in range(0, len(paths), 512)]
     if len(blocks) <= 1:
         return [image_problem(p) for p in paths]
@@ -271,7 +275,7 @@ def _problems(paths: list) -> list[str | None]:
 def drop_bad_images(splits: Splits) -> Splits:
     """A copy of `splits` without files that fail `image_problem`; they are logged and kept in `bad`."""
     items = [(split, rel, label) for split in SPLITS for rel, label in getattr(splits, split)]
-    problems = _problems([os.path.join(splits.root, rel) for _, rel, _ in items])
+    problems = image_problems([os.path.join(splits.root, rel) for _, rel, _ in items])
     bad = [(rel, why) for (_, rel, _), why in zip(items, problems) if why is not None]
     if not bad:
         return splits

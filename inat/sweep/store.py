@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from .. import layout
 from ..config import RunConfig
-from ..data.splits import _check_root
+from ..data.splits import check_root
 from ..errors import ConfigError, InatError
 from ..fsutil import atomic_path, make_dir, read_json, write_json
 from ..rundir import best_epoch, committed_rows
@@ -87,7 +87,7 @@ def new_sweep(scratch: Path, spec_path: str | Path, backend: str, data_root: str
     spec.check_overrides(fixed)
     if not Path(data_root).is_dir():
         raise InatError(f"--data {data_root}: directory not found")
-    _check_root(data_root)  # every trial would fail on a root without train/ and val/
+    check_root(data_root)  # every trial would fail on a root without train/ and val/
     sweep_id = layout.new_id()
     root = make_dir(layout.sweeps_dir(scratch) / sweep_id)
     sweep = Sweep(sweep_id, root, backend, str(Path(data_root).resolve()), dict(fixed), storage, seed,

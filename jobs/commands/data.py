@@ -26,10 +26,11 @@ def cache_data(
     force: bool = typer.Option(False, "--force", help="Rebuild even if an up-to-date cache exists."),
 ) -> None:
     """Decode and resize every image once into SCRATCH/cache/, which `train` then reads instead of the JPEGs."""
-    from inat.data import cache
+    from inat.data.cache import describe
+    from inat.data.cache_build import build_cache, check_image_size
 
-    size = cache.check_image_size(image_size)
+    size = check_image_size(image_size)
     if not data.exists():
         raise InatError(f"--data {data}: directory not found")
-    path = cache.build_cache(data, size, layout.cache_dir(layout.scratch_root(out)), force=force)
-    typer.echo(f"cache: {cache.describe(path)}")
+    path = build_cache(data, size, layout.cache_dir(layout.scratch_root(out)), force=force)
+    typer.echo(f"cache: {describe(path)}")

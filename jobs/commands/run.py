@@ -143,6 +143,6 @@ def _check_data_root(data: Path) -> None:
     """The layout checks of `discover`, before TensorFlow loads or a run directory is made."""
     if not data.exists():
         raise InatError(f"--data {data}: directory not found")
-    from inat.data.splits import _check_root
+    from inat.data.splits import check_root
 
-    _check_root(data)
+    check_root(data)
