@@ -27,8 +27,6 @@ from inat.config import RunConfig
 from inat.fsutil import read_json, write_json
 
 log = logging.getLogger("inat")
-# inat.figures.visualize.WHAT, repeated so that submitting does not import TensorFlow (a test keeps them equal)
-FIGURES = ("grid", "filters", "guided", "confusion")
 
 
 # ---- names -----------------------------------------------------------------------------------------
@@ -45,18 +43,6 @@ def retrain_plan(top_k: int, seeds: int) -> list[tuple[int, int]]:
 
 def retrain_dirs(runs_root: Path, sweep_id: str, top_k: int, seeds: int) -> list[Path]:
     return [runs_root / retrain_name(sweep_id, r, s) for r, s in retrain_plan(top_k, seeds)]
-
-
-def parse_figures(what: str) -> list[str]:
-    """`--what grid,confusion` -> ["grid", "confusion"], checked against FIGURES, one-line error."""
-    from inat.errors import ConfigError
-
-    names = list(dict.fromkeys(w.strip().lower() for w in what.split(",") if w.strip()))
-    unknown = [w for w in names if w not in FIGURES]
-    if unknown or not names:
-        raise ConfigError(f"--what {what}: unknown figure {unknown[0] if unknown else '(none)'!r}; "
-                          f"choose from {','.join(FIGURES)}")
-    return names
 
 
 def agent_id(index: int) -> str:

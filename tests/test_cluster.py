@@ -194,13 +194,12 @@ def test_generated_sbatch_scripts_match_golden_files(name, monkeypatch):
     assert text == golden.read_text()
 
 
-def test_figure_names_match_the_figures_module():
-    from inat.figures.visualize import WHAT
+def test_figure_names_are_checked_before_anything_heavy_loads():
+    from inat.figures import parse_what
 
-    assert tasks.FIGURES == WHAT
-    assert tasks.parse_figures("confusion, grid") == ["confusion", "grid"]
+    assert parse_what("confusion, grid,Confusion") == ["confusion", "grid"]
     with pytest.raises(ConfigError, match="unknown figure 'gird'"):
-        tasks.parse_figures("gird")
+        parse_what("gird")
 
 
 # ---- retraining picks ------------------------------------------------------------------------------------

@@ -27,10 +27,10 @@ from ..layout import require_model
 from ..models.common import conv_layer_names, input_size, load_model
 from ..models.transfer import Preprocess, base_model
 from . import guided, plots
+from .names import WHAT, parse_what
 
 log = logging.getLogger("inat")
 
-WHAT = ("grid", "filters", "guided", "confusion")
 GUIDED_LAYER = "conv5"
 N_NEURONS = 10
 # The neuron search keeps its image sample in memory: at most this many bytes of float32 pixels.
@@ -56,16 +56,6 @@ def visualize(
         )
         written.extend(paths)
     return written
-
-
-def parse_what(what: Iterable[str] | str) -> list[str]:
-    items = what.split(",") if isinstance(what, str) else list(what)
-    names = [w.strip().lower() for w in items if w.strip()]
-    unknown = [w for w in names if w not in WHAT]
-    if unknown or not names:
-        bad = unknown[0] if unknown else "(none)"
-        raise InatError(f"--what {','.join(items)}: unknown figure {bad!r}; choose from {','.join(WHAT)}")
-    return list(dict.fromkeys(names))
 
 
 class _Run:

@@ -13,6 +13,7 @@ import typer
 from inat import layout
 from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
+from inat.figures import WHAT, parse_what
 from inat.sweep import load_sweep
 
 from ..cli import app
@@ -116,7 +117,7 @@ def pipeline(
     seeds: int = SeedsOpt,
     epochs: Optional[int] = EpochsOpt,
     what: str = typer.Option(
-        "grid,filters,guided,confusion", "--what", "-w", help="Figures per retrained run."
+        ",".join(WHAT), "--what", "-w", help="Figures per retrained run."
     ),
     cluster: Optional[str] = ClusterOpt,
     profile: Optional[Path] = ProfileOpt,
@@ -130,11 +131,10 @@ def pipeline(
     """Sweep -> retrain the top K x S seeds -> test -> figures. On Slurm: four chained array jobs, submitted
     at once; with --cluster local: the same stages, one after another, on this machine."""
     from .. import pipeline as pl
-    from ..tasks import parse_figures
     from .sweep import create_sweep
 
     _check_counts(top_k, seeds, epochs)
-    figures = parse_figures(what)
+    figures = parse_what(what)
     where = resolve_cluster(cluster)
     prof = load_profile(profile, cluster_set or [], image)
     sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)

@@ -9,6 +9,7 @@ import typer
 
 from inat import layout
 from inat.errors import InatError
+from inat.figures import WHAT, parse_what
 
 from ..cli import app
 from ..slurm.profile import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
@@ -21,7 +22,7 @@ def visualize(
         ..., "--run", "-r", help="Run directory (SCRATCH/runs/RUN_ID) with a trained model.keras. Repeatable."
     ),
     what: str = typer.Option(
-        "grid,filters,guided,confusion", "--what", "-w",
+        ",".join(WHAT), "--what", "-w",
         help="Comma-separated figures: grid (test predictions), filters (first conv layer: filters "
              "and feature maps), guided (guided backprop of 10 conv5 neurons), confusion (test "
              "confusion matrix).",
@@ -40,7 +41,6 @@ def visualize(
     image: Optional[Path] = ImageOpt,
 ) -> None:
     """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here."""
-    from inat.figures.visualize import parse_what
     from inat.figures.visualize import visualize as make_figures
 
     names = parse_what(what)  # a typo fails before the model loads
