@@ -13,8 +13,24 @@ from typing import Any, Iterator
 
 from .errors import InatError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _umask() -> int:
+    """The process umask, read where Linux shows it (/proc/self/status) rather than by setting and
+    restoring it, which would race any thread that creates files meanwhile."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)  # elsewhere: once, at import, before any thread of ours runs
+    os.umask(mask)
+    return mask
+
+
+# The mode open() gives a new file: what every file written here gets too (see atomic_path).
+FILE_MODE = 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -34,7 +50,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     # mkstemp creates 0600; results on shared scratch must be readable by the group as the
     # user's umask allows, like any other file they write.
-    os.chmod(tmp_path, 0o666 & ~_UMASK)
+    os.chmod(tmp_path, FILE_MODE)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

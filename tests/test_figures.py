@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import run_cli
 from inat.figures import plots
+from inat.fsutil import FILE_MODE
 
 CLASSES = ["Amphibia", "Animalia", "Arachnida", "Aves", "Fungi",
            "Insecta", "Mammalia", "Mollusca", "Plantae", "Reptilia"]
@@ -95,7 +96,8 @@ def test_save_figure_writes_png_and_pdf_readable(tmp_path):
     assert [p.name for p in written] == ["cm.png", "cm.pdf"]
     assert_sensible_png(written[0])
     assert written[1].read_bytes()[:5] == b"%PDF-"
-    assert written[0].stat().st_mode & 0o044  # not the temp file's 0600
+    assert written[0].stat().st_mode & 0o777 == FILE_MODE  # as open() makes files, not the temp file's 0600
+    assert written[1].stat().st_mode & 0o777 == FILE_MODE
     assert not [p for p in (tmp_path / "figures").iterdir() if p.name.startswith(".")]
 
 
@@ -228,6 +230,7 @@ def test_sweep_report_from_trial_directories(tmp_path):
                                          "param_importance.png"]
     for png in written[1:]:
         assert_sensible_png(png)
+    assert {p.stat().st_mode & 0o777 for p in written} == {FILE_MODE}
     with open(sweep / "trials.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 12
@@ -243,7 +246,7 @@ def test_trial_start_time_survives_a_copy(tmp_path):
     """run.json's `updated` less the epochs' seconds beats file times, which `cp -r` resets."""
     import datetime as dt
 
-    from inat.figures.sweep_report import read_trials
+    from inat.figures.trials import read_trials
 
     sweep = fake_sweep(tmp_path / "s", n=3)
     finished = sweep / "trials" / "0"
@@ -259,7 +262,7 @@ def test_trial_start_time_survives_a_copy(tmp_path):
 
 def test_sweep_correlation_finds_the_parameter_that_matters(tmp_path):
     from inat.figures.sweep_plots import correlations, importances
-    from inat.figures.sweep_report import read_trials, swept_keys
+    from inat.figures.trials import read_trials, swept_keys
 
     sweep = fake_sweep(tmp_path / "s", n=24)
     trials = [t for t in read_trials(sweep) if t.best_val_accuracy is not None]
@@ -287,7 +290,7 @@ def test_report_for_a_run_embeds_metrics_and_figures(run_copy):
 
     visualize(run_copy, what="grid,confusion", pdf=False)
     page = write_report(run_copy)
-    assert page == run_copy / "report.html"
+    assert page == run_copy / "report.html" and page.stat().st_mode & 0o777 == FILE_MODE
     text = page.read_text()
     # history plot + 2 figures, all inline; nothing refers to a file beside the page
     assert text.count('src="data:image/png;base64,') == 3

@@ -8,7 +8,6 @@ in batch jobs without a display and in threads.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -31,24 +30,17 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: str | Path, pdf: bool = True) -> list[Path]:
-    """Write PATH.png (and PATH.pdf) atomically; returns the files written."""
+    """Write PATH.png (and PATH.pdf) atomically; returns the files written. They get the mode of any
+    file the user writes (0666 less the umask), so figures on shared scratch are as readable by the
+    project group as everything else: `atomic_path` gives its temp file that mode and savefig keeps it."""
     path = Path(path).with_suffix(".png")
     written = []
     for fmt in ("png", "pdf") if pdf else ("png",):
         target = path.with_suffix(f".{fmt}")
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
-            make_readable(tmp)
         written.append(target)
     return written
-
-
-def make_readable(path: str | Path) -> None:
-    """Give a file the mode a plain open() would (0666 less the umask): the atomic writer's temp
-    files are 0600, which would hide figures from the rest of a project group on shared scratch."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def image_panels(fig: Figure) -> int:

@@ -15,9 +15,11 @@ import json
 import os
 from pathlib import Path
 
+from ..config import RunConfig
 from ..errors import InatError
 from ..fsutil import read_json, write_text
-from .plots import make_readable
+from ..rundir import read_history
+from .trials import read_trials, swept_keys
 
 # Figures in the order a reader wants them, with what they show.
 RUN_FIGURES = {
@@ -54,14 +56,10 @@ def write_report(path: str | os.PathLike) -> Path:
         raise InatError(f"{path}: neither a run directory (config.yaml) nor a sweep directory (trials/)")
     out = path / "report.html"
     write_text(out, page)
-    make_readable(out)
     return out
 
 
 def run_page(run_dir: Path) -> str:
-    from ..config import RunConfig
-    from ..rundir import read_history
-
     info = _json_or_empty(run_dir / "run.json")
     cfg = RunConfig.load(run_dir / "config.yaml")
     parts = [f"<h1>Run {_e(run_dir.name)}</h1>", _kv_table({
@@ -89,7 +87,7 @@ def run_page(run_dir: Path) -> str:
 
 
 def sweep_page(sweep_dir: Path) -> str:
-    from .sweep_report import read_trials, sweep_report, swept_keys
+    from .sweep_report import sweep_report  # lazy: it draws with matplotlib
 
     files = sweep_report(sweep_dir)  # refresh trials.csv and the plots: cheap, no model involved
     trials = read_trials(sweep_dir)
@@ -121,7 +119,7 @@ def _metrics_html(m: dict) -> str:
 
 
 def _history_png(history: list[dict]) -> bytes:
-    from .plots import new_figure
+    from .plots import new_figure  # lazy: matplotlib
 
     fig = new_figure(11, 3.8)
     loss_ax, acc_ax = fig.subplots(1, 2)

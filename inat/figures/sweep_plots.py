@@ -1,4 +1,4 @@
-"""The three sweep plots the assignment asks for, drawn with matplotlib from `sweep_report.Trial`s.
+"""The three sweep plots the assignment asks for, drawn with matplotlib from `inat.figures.trials.Trial`s.
 
 Optuna's own matplotlib plots were tried and not used: they are marked experimental, order the
 parallel axes alphabetically, let long categorical labels (filter organisations) overlap, and plot
@@ -19,6 +19,7 @@ import matplotlib.dates as mdates
 import numpy as np
 
 from .plots import new_figure, save_figure
+from .trials import display
 
 log = logging.getLogger("inat")
 STATE_STYLE = {  # state -> (colour, marker, legend label)
@@ -122,7 +123,6 @@ def axis_positions(values: Sequence[Any]) -> tuple[list[float], list[tuple[float
 def parallel_coordinates(trials, swept: list[str], title: str = ""):
     from matplotlib import cm, colors
 
-    from .sweep_report import display
 
     columns = swept + ["best val_accuracy"]
     table = [[display(t.config.get(k)) for t in trials] for k in swept]
@@ -170,7 +170,6 @@ def parallel_coordinates(trials, swept: list[str], title: str = ""):
 def correlations(trials, swept: list[str]) -> list[tuple[str, float]]:
     """Pearson r of each parameter with best val accuracy, as the W&B panel shows it: numbers (and
     booleans as 0/1, log10 for log-spaced values) directly; categories one value at a time (one-hot)."""
-    from .sweep_report import display
 
     acc = np.array([t.best_val_accuracy for t in trials], dtype=float)
     out = []
@@ -202,7 +201,6 @@ def importances(trials, swept: list[str]) -> tuple[dict[str, float], str]:
         from optuna.distributions import CategoricalDistribution, FloatDistribution
     except ImportError:
         return {}, "Optuna is not installed"
-    from .sweep_report import display
 
     dists, params = {}, [dict() for _ in trials]
     for key in swept:

@@ -1,15 +1,9 @@
-"""`sweep_report(sweep_dir)`: trials.csv and the assignment's three sweep plots, from the trial run dirs.
+"""What a sweep's trial run directories say, for its report and plots: one `Trial` per directory.
 
 Everything is read from SWEEP/trials/<trial>/ (config.yaml, run.json, history.csv), which both sweep
 backends write, so the report needs neither the W&B server nor the Optuna storage and works
-offline, on a copy, or while the sweep is still running:
-
-    SWEEP/trials.csv                       one row per trial: state, epochs, best val_accuracy, start,
-                                           every config key
-    SWEEP/figures/accuracy_vs_created.png  best val accuracy of each trial against its start time
-    SWEEP/figures/parallel_coordinates.png swept parameters -> best val accuracy, one line per trial
-    SWEEP/figures/param_importance.png     correlation of each parameter (value) with val accuracy,
-                                           and Optuna's PED-ANOVA importance
+offline, on a copy, or while the sweep is still running. A trial's best val_accuracy here is the
+highest of its history, whatever the sweep ranks by (`inat.sweep.best_configs` ranks).
 """
 
 from __future__ import annotations
@@ -25,12 +19,10 @@ from typing import Any
 import yaml
 
 from ..config import RunConfig
-from ..errors import InatError
-from ..fsutil import read_json, write_csv
+from ..fsutil import read_json
+from ..sweep.store import STATES
 
-# run.json status -> trial state (the names `sweep-status` shows)
-STATES = {"completed": "finished", "stopped": "pruned", "pruned": "pruned", "failed": "failed",
-          "running": "running"}
+# The first columns of trials.csv; then every config key.
 LEAD = ["trial", "state", "epochs_done", "best_val_accuracy", "best_epoch", "started"]
 
 
@@ -128,24 +120,6 @@ def display(value: Any) -> str | float | int | bool:
     if isinstance(value, (list, tuple)):
         return "-".join(str(v) for v in value)
     return value
-
-
-def sweep_report(sweep_dir: str | os.PathLike, pdf: bool = False) -> list[Path]:
-    """Write SWEEP/trials.csv and the three plots; returns the files written."""
-    from . import sweep_plots
-    from .plots import make_readable
-
-    sweep_dir = Path(sweep_dir).resolve()
-    trials = read_trials(sweep_dir)
-    if not trials:
-        raise InatError(f"{sweep_dir}: no trial run directories under trials/ yet; nothing to report")
-    keys = list(trials[0].config)
-    write_csv(sweep_dir / "trials.csv", LEAD + keys, [t.row(keys) for t in trials])
-    make_readable(sweep_dir / "trials.csv")
-    written = [sweep_dir / "trials.csv"]
-    swept = swept_keys(sweep_dir, trials)
-    written += sweep_plots.write_all(trials, swept, sweep_dir / "figures", title=sweep_dir.name, pdf=pdf)
-    return written
 
 
 def _history(path: Path) -> list[dict[str, float]]:
