@@ -16,8 +16,8 @@ from .config import RunConfig
 from .data.cache import find_cache
 from .errors import ConfigError, InatError
 from .fsutil import write_csv, write_json
-from .layout import require_model
 from .models.common import input_size, load_model
+from .rundir import require_model
 
 log = logging.getLogger("inat")
 

@@ -1,48 +1,29 @@
 """Where outputs live on scratch storage: one documented layout, used by every command.
 
     SCRATCH/                     --out, else $INAT_SCRATCH, else $SCRATCH/inat, else ./scratch
-      runs/<run_id>/             one training run (see RUN_FILES)
+      runs/<run_id>/             one training run (see `inat.rundir.RUN_FILES`)
+        <sweep_id>-best<k>-seed<s>/   a retraining of a sweep's rank-k config with seed s
       sweeps/<sweep_id>/         a sweep: its spec, its study, and trials/<trial_id>/ run directories
       pipelines/<pipeline_id>/   what `inat-jobs pipeline` submitted
       cache/                     decoded-image caches shared by all runs
       jobs/                      submitit folders: sbatch scripts and job logs
+
+Every id that names a directory here passes `check_id`, whoever chose it (a user's --run-id, a
+sweep id on the command line, `new_id`), so no id can point outside its folder.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from pathlib import Path
 
-from .errors import InatError
-from .rundir import best_model_path
+from .errors import ConfigError
 
-# What a run directory holds. `collect` copies everything but the checkpoint folder.
-RUN_FILES = {
-    "config.yaml": "the resolved run config",
-    "run.json": "run id, data root, classes, status, library versions",
-    "splits.json": "the train / val / test file lists, so retraining and testing reproduce them",
-    "history.csv": "one row per finished epoch: epoch, loss, accuracy, val_loss, val_accuracy, seconds",
-    "model.keras": "the model of the best epoch so far, by the config's monitor (a sweep's metric)",
-    "checkpoint/": "the last finished epoch's model and state, for resuming",
-    "test_metrics.json": "written by `inat-jobs test`",
-    "predictions.csv": "written by `inat-jobs test`: one row per test image",
-    "figures/": "written by `inat-jobs visualize`",
-    "report.html": "written by `inat-jobs report`: one self-contained page",
-    "wandb/": "W&B run files (offline runs: upload with `wandb sync`)",
-}
-
-
-def require_model(run_dir: str | os.PathLike) -> Path:
-    """RUN/model.keras, or the one-line error; checked before a job is submitted for the run, too."""
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise InatError(f"{run_dir}: run directory not found")
-    model_path = best_model_path(run_dir)
-    if not model_path.is_file():
-        raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
-    return model_path
+# An id names one directory: no separator, not "." or "..", not hidden.
+ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 def scratch_root(out: str | os.PathLike | None = None) -> Path:
@@ -55,10 +36,24 @@ def scratch_root(out: str | os.PathLike | None = None) -> Path:
     return Path("scratch").resolve()
 
 
+def root_of(directory: str | os.PathLike) -> Path:
+    """The scratch root of SCRATCH/<area>/<id> (a run, sweep, pipeline or job group directory)."""
+    return Path(directory).parent.parent
+
+
 def new_id(prefix: str = "") -> str:
     """Sortable and unique across nodes without coordination: time + random suffix."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return f"{prefix}{stamp}-{secrets.token_hex(2)}"
+
+
+def check_id(value: str, what: str, where: str) -> str:
+    """`value`, if it can name one directory; else a one-line ConfigError naming `what` (e.g. "--run-id",
+    "sweep id") and `where` the directory would be (e.g. "SCRATCH/runs/")."""
+    if not isinstance(value, str) or not ID.fullmatch(value):
+        raise ConfigError(f"{what} {value!r}: use 1-128 letters, digits, '.', '_' or '-', not starting with "
+                          f"'.' (it names a directory under {where})")
+    return value
 
 
 def runs_dir(root: Path) -> Path:
@@ -79,3 +74,13 @@ def jobs_dir(root: Path) -> Path:
 
 def pipelines_dir(root: Path) -> Path:
     return root / "pipelines"
+
+
+def retrain_run_id(sweep_id: str, rank: int, seed: int) -> str:
+    """The run id of a sweep's rank-th config (1 = best) retrained with `seed`."""
+    return f"{sweep_id}-best{rank}-seed{seed}"
+
+
+def retrain_runs(root: Path, sweep_id: str) -> list[Path]:
+    """The retraining run directories of a sweep that exist under SCRATCH/runs/, sorted."""
+    return sorted(runs_dir(root).glob(f"{sweep_id}-best*-seed*"))

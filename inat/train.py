@@ -1,13 +1,13 @@
 """Train one model into one run directory, resumably.
 
 `train()` is what `inat-jobs train`, every sweep trial and every retraining job call. A run directory
-is self-describing (see `inat.layout.RUN_FILES`); calling `train()` again on the same directory after
+is self-describing (see `inat.rundir.RUN_FILES`); calling `train()` again on the same directory after
 a crash, a kill -9, a time-out or a preemption resumes at the last finished epoch, so every epoch
 appears exactly once in history.csv.
 
 Commit order at the end of each epoch (the state file is the commit point):
   1. checkpoint/epoch-NNNN.keras   model + optimizer state after this epoch
-  2. checkpoint/best-NNNN.keras    if this epoch is now the best by cfg.monitor (see `best_epoch`)
+  2. checkpoint/best-NNNN.keras    if this epoch is now the best by cfg.monitor (`inat.rundir.best_epoch`)
   3. history.csv                    rewritten with this epoch's row
   4. checkpoint/state.json          names the checkpoint of step 1 and the best epoch: now it counts
   5. model.keras                    the file of step 2, renamed into place
@@ -19,8 +19,6 @@ rename) leaves the committed best waiting in checkpoint/; the next train() of th
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import math
 import os
@@ -34,18 +32,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import keras
+import tensorflow as tf
 
-from . import data, seeding, tracking
+from . import data, rundir, seeding, tracking
 from .config import RunConfig
 from .data.cache import find_cache
 from .data.cache_build import build_cache
 from .errors import InatError
-from .fsutil import make_dir, os_reason, read_json, write_csv, write_json
+from .fsutil import make_dir, write_csv, write_json
 from .models.common import compile_model, input_size, load_model, make_model
 from .models.weights import resolve_weights
-from .rundir import HISTORY_FIELDS, best_epoch, parse_rows, raw_rows, state_path, trim
 
 log = logging.getLogger("inat")
+# Recorded in run.json.
+VERSIONS = {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()}
 
 
 @dataclass
@@ -82,32 +82,32 @@ def train(
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
     """
     run_dir = Path(run_dir).resolve()
-    if not state_path(run_dir).exists():
+    if not rundir.state_path(run_dir).exists():
         resolve_weights(cfg)  # a missing weights file fails here, before anything is written
     created = not run_dir.exists()
     make_dir(run_dir)
     try:
-        with _exclusive(run_dir):
+        with rundir.exclusive(run_dir):
             return _train_locked(
                 cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
             )
     except Exception:
-        if created and not state_path(run_dir).exists():
+        if created and not rundir.state_path(run_dir).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
 def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache):
-    _remove_stale_temps(run_dir)
-    state = _read_state(run_dir)
-    _check_same_config(cfg, run_dir, resuming=state is not None)
+    rundir.remove_stale_temps(run_dir)
+    state = rundir.read_state(run_dir)
+    rundir.check_same_config(cfg, run_dir, resuming=state is not None)
     splits = _prepare_splits(cfg, run_dir, data_root)
     cfg.save(run_dir / "config.yaml")
     seeding.deterministic_from_env()
 
     keras.utils.set_random_seed(cfg.seed)
     if state is not None:
-        publish_best_model(run_dir, state)
+        rundir.publish_best_model(run_dir, state)
         start_epoch = state["epoch"]
         model = load_model(run_dir / "checkpoint" / state["checkpoint"])
         log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
@@ -115,9 +115,9 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
         start_epoch = 0
         model = make_model(cfg, len(splits.classes))
         compile_model(model, cfg)
-    trim(run_dir / "history.csv", start_epoch)
+    rundir.trim(run_dir / "history.csv", start_epoch)
 
-    _write_run_info(run_dir, cfg, splits, status="running", epochs_done=start_epoch)
+    rundir.write_run_info(run_dir, cfg, splits, status="running", epochs_done=start_epoch, versions=VERSIONS)
     if state is not None and start_epoch >= cfg.epochs:
         log.info("%s already finished all %d epochs", run_dir.name, cfg.epochs)
         return _finish(run_dir, cfg, splits, state, "completed")
@@ -130,7 +130,7 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
         run_dir,
         cfg.to_dict(),
         name=run_dir.name,
-        run_id=(state or {}).get("wandb_id") or _wandb_id(run_dir),
+        run_id=(state or {}).get("wandb_id") or rundir.wandb_id(run_dir),
         group=wandb_group,
         job_type=wandb_job_type,
     )
@@ -164,7 +164,8 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
                     break
     except BaseException:
         tracker.finish(exit_code=1)
-        _write_run_info(run_dir, cfg, splits, status="failed", epochs_done=recorder.state["epoch"])
+        rundir.write_run_info(run_dir, cfg, splits, status="failed", epochs_done=recorder.state["epoch"],
+                              versions=VERSIONS)
         raise
     status = "completed" if recorder.state["epoch"] >= cfg.epochs else "stopped"
     tracker.summary({"best_val_accuracy": recorder.state["best_val_accuracy"], "best_epoch": recorder.state["best_epoch"],
@@ -206,51 +207,32 @@ class RunRecorder(keras.callbacks.Callback):
         seconds = time.perf_counter() - self._t0
         ckpt_dir = self.run_dir / "checkpoint"
         ckpt_name = f"epoch-{number:04d}.keras"
-        save_model_atomic(self.model, ckpt_dir / ckpt_name)
+        rundir.save_model_atomic(self.model, ckpt_dir / ckpt_name)
 
-        rows = [r for r in raw_rows(self.run_dir / "history.csv") if int(r[0]) < number]
-        rows.append([number, *(_fmt(logs.get(k)) for k in HISTORY_FIELDS[1:5]), f"{seconds:.2f}"])
-        parsed = parse_rows(rows)
-        best = best_epoch(parsed, self.cfg.monitor, self.cfg.monitor_maximize)
+        rows = [r for r in rundir.raw_rows(self.run_dir / "history.csv") if int(r[0]) < number]
+        values = [rundir.history_value(logs.get(k)) for k in rundir.HISTORY_FIELDS[1:5]]
+        rows.append([number, *values, f"{seconds:.2f}"])
+        parsed = rundir.parse_rows(rows)
+        best = rundir.best_epoch(parsed, self.cfg.monitor, self.cfg.monitor_maximize)
         pending = None
         if best is not None and best[0] == number:
             pending = f"best-{number:04d}.keras"
-            save_model_atomic(self.model, ckpt_dir / pending)
+            rundir.save_model_atomic(self.model, ckpt_dir / pending)
             self.state.update(best_epoch=number, best_value=best[1],
                               best_val_accuracy=parsed[-1]["val_accuracy"], best_model=pending)
-        write_csv(self.run_dir / "history.csv", HISTORY_FIELDS, rows)
+        write_csv(self.run_dir / "history.csv", rundir.HISTORY_FIELDS, rows)
 
         previous = self.state.get("checkpoint")
         self.state.update(epoch=number, checkpoint=ckpt_name)
         write_json(ckpt_dir / "state.json", self.state)  # the commit point
         if pending:
-            publish_best_model(self.run_dir, self.state)
+            rundir.publish_best_model(self.run_dir, self.state)
         if previous and previous != ckpt_name:
             (ckpt_dir / previous).unlink(missing_ok=True)
 
         metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
         metrics.update(epoch=number, epoch_seconds=seconds)
         self.tracker.log(metrics)
-
-
-def publish_best_model(run_dir: Path, state: dict) -> None:
-    """Rename the committed best model into model.keras, if it still waits in checkpoint/ (readers
-    find it there meanwhile: `inat.rundir.best_model_path`)."""
-    name = state.get("best_model")
-    if name and (run_dir / "checkpoint" / name).is_file():
-        os.replace(run_dir / "checkpoint" / name, run_dir / "model.keras")
-
-
-def save_model_atomic(model, path: Path) -> None:
-    """Keras insists on a .keras suffix, so the temp name keeps it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InatError(f"cannot write {path}: {os_reason(exc)}") from None
 
 
 def _find_or_build_cache(splits, image_size: int, cache_root, build: bool):
@@ -282,119 +264,15 @@ def _prepare_splits(cfg: RunConfig, run_dir: Path, data_root):
     return splits
 
 
-def _check_same_config(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
-    saved = run_dir / "config.yaml"
-    if not (resuming and saved.exists()):
-        return
-    old = RunConfig.load(saved)
-    if old != cfg:
-        changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict()[k] != v)
-        raise InatError(
-            f"{run_dir}: already holds a run with a different config ({', '.join(changed)} differ); "
-            "use a new --run-id, or the same config to resume"
-        )
-
-
-def _remove_stale_temps(run_dir: Path) -> None:
-    # A kill -9 during a save leaves its temp file behind, and one before the commit leaves a best
-    # model of an epoch that does not count; we hold the run's lock, so no live writer owns any.
-    for pattern in (".*.tmp.keras", ".*.tmp"):
-        for path in [*run_dir.glob(pattern), *(run_dir / "checkpoint").glob(pattern)]:
-            path.unlink(missing_ok=True)
-    state = read_json(state_path(run_dir)) if state_path(run_dir).exists() else {}
-    for path in (run_dir / "checkpoint").glob("best-*.keras"):
-        if path.name != state.get("best_model"):
-            path.unlink(missing_ok=True)
-
-
-def _read_state(run_dir: Path) -> dict | None:
-    path = state_path(run_dir)
-    if not path.exists():
-        return None
-    state = read_json(path)
-    if not (run_dir / "checkpoint" / state.get("checkpoint", "")).is_file():
-        raise InatError(f"{path}: names a checkpoint that is missing; start a new --run-id")
-    return state
-
-
-def _write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_done: int, **extra) -> None:
-    import tensorflow as tf
-
-    previous = _previous_info(run_dir)
-    info = {
-        "run_id": run_dir.name,
-        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "status": status,
-        "epochs_done": epochs_done,
-        "epochs": cfg.epochs,
-        "model": cfg.model,
-        "data_root": splits.root,
-        "classes": splits.classes,
-        "counts": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
-        "host": platform.node(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **extra,
-    }
-    write_json(run_dir / "run.json", info)
-
-
-def _previous_info(run_dir: Path) -> dict:
-    try:
-        return read_json(run_dir / "run.json")
-    except InatError:
-        return {}
-
-
 def _finish(run_dir, cfg, splits, state, status) -> TrainResult:
     best = float(state.get("best_val_accuracy", -1.0))
     value = float(state.get("best_value", best if cfg.monitor == "val_accuracy" else math.nan))
     goal = "maximize" if cfg.monitor_maximize else "minimize"
-    _write_run_info(
+    rundir.write_run_info(
         run_dir, cfg, splits, status=status, epochs_done=state["epoch"],
-        best_val_accuracy=best, best_epoch=state.get("best_epoch", 0),
+        versions=VERSIONS, best_val_accuracy=best, best_epoch=state.get("best_epoch", 0),
         best={"metric": cfg.monitor, "goal": goal, "epoch": state.get("best_epoch", 0), "value": value},
     )
     return TrainResult(run_dir, state["epoch"], best, state.get("best_epoch", 0), status, value)
 
 
-def _wandb_id(run_dir: Path) -> str:
-    # W&B ids allow [a-z0-9-_]; the run dir name already is unique on this scratch root.
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_dir.name.lower())[:64]
-
-
-def _fmt(value) -> str:
-    return "" if value is None else f"{float(value):.6f}"
-
-
-@contextlib.contextmanager
-def _exclusive(run_dir: Path):
-    """Refuse to train a run directory that another live process is training (e.g. a stale requeue).
-
-    Only EWOULDBLOCK/EAGAIN means the lock is held. A file system without locks answers flock()
-    with ENOLCK (NFS without a lock daemon), EOPNOTSUPP/ENOTSUP or ENOSYS (Lustre mounted without
-    `flock`/`localflock`): that is said as such, since no other process is involved.
-    """
-    import errno
-
-    lock = run_dir / ".lock"
-    with open(lock, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise InatError(f"{run_dir}: another process is training this run right now") from None
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
-                raise InatError(
-                    f"{run_dir}: the file system holding this run does not support file locks "
-                    f"(flock on {lock.name}: {exc.strerror or exc}), and train needs one to keep two "
-                    "processes out of one run; mount it with locks (Lustre: -o flock; -o localflock keeps "
-                    "out only processes on the same node; NFS: run the lock daemon) or put the run on "
-                    "a file system that has them (--out or $INAT_SCRATCH)"
-                ) from None
-            raise InatError(f"{run_dir}: cannot lock {lock}: {exc.strerror or exc}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

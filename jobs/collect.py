@@ -32,6 +32,7 @@ from typing import Any
 from inat import layout
 from inat.errors import InatError
 from inat.fsutil import atomic_path, make_dir, read_json, write_json
+from inat.sweep import best_configs, find_sweep, load_spec, read_trial, sweep_ids
 
 from .slurm import jobstate
 
@@ -56,19 +57,18 @@ class Target:
 
 def resolve(scratch: Path, ident: str) -> Target:
     """Find IDENT under SCRATCH: pipelines/<id>, then sweeps/<id>, then jobs/<id>."""
-    if not ident or "/" in ident or ident in (".", ".."):
-        raise InatError(f"{ident!r}: expected a pipeline or sweep id (a folder name under {scratch})")
+    layout.check_id(ident, "pipeline or sweep id", f"{scratch}/pipelines/, sweeps/ or jobs/")
     pipe = layout.pipelines_dir(scratch) / ident / "pipeline.json"
-    sweep = layout.sweeps_dir(scratch) / ident
-    jobs = sweep / "jobs.json"  # agents of launch-sweep, arrays of retrain-best
-    sweep_records = read_json(jobs) if jobs.is_file() else []
-    retrained = sorted(layout.runs_dir(scratch).glob(f"{ident}-best*-seed*"))
+    sweep = find_sweep(scratch, ident, missing_ok=True)
+    jobs = sweep / "jobs.json" if sweep else None  # agents of launch-sweep, arrays of retrain-best
+    sweep_records = read_json(jobs) if jobs and jobs.is_file() else []
+    retrained = layout.retrain_runs(scratch, ident)
     if pipe.is_file():
         rec = read_json(pipe)
         runs = list(dict.fromkeys([Path(r) for r in rec["runs"]] + retrained))
         return Target("pipeline", ident, rec["stages"] + sweep_records, pipe, Path(rec["sweep_dir"]), runs,
                       rec.get("options", {}).get("top_k", 1))
-    if (sweep / "sweep.json").is_file():
+    if sweep is not None:
         return Target("sweep", ident, sweep_records, jobs, sweep, retrained)
     group = layout.jobs_dir(scratch) / ident / "jobs.json"
     if group.is_file():
@@ -84,8 +84,8 @@ def resolve(scratch: Path, ident: str) -> Target:
 def recent(scratch: Path, limit: int = 10) -> list[dict[str, Any]]:
     """The newest pipelines and sweeps (ids sort by time), newest first."""
     found = {}
-    for p in layout.sweeps_dir(scratch).glob("*/sweep.json"):
-        found[p.parent.name] = {"id": p.parent.name, "kind": "sweep"}
+    for sweep_id in sweep_ids(scratch):
+        found[sweep_id] = {"id": sweep_id, "kind": "sweep"}
     for p in layout.jobs_dir(scratch).glob("*/jobs.json"):
         found.setdefault(p.parent.name, {"id": p.parent.name, "kind": "jobs"})
     for p in layout.pipelines_dir(scratch).glob("*/pipeline.json"):
@@ -129,8 +129,6 @@ def _collect_tree(target: Target, root: Path) -> None:
 
 
 def _collect_sweep(sweep: Path, out: Path, top_k: int) -> None:
-    from inat.sweep import best_configs, load_spec, read_trial
-
     for item in sorted(sweep.iterdir()):
         if item.is_file() and item.suffix in (".yaml", ".json", ".csv") and item.name not in SKIP_FILES:
             copy_file(item, out / item.name)

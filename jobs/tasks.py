@@ -32,17 +32,13 @@ log = logging.getLogger("inat")
 # ---- names -----------------------------------------------------------------------------------------
 
 
-def retrain_name(sweep_id: str, rank: int, seed: int) -> str:
-    return f"{sweep_id}-best{rank}-seed{seed}"
-
-
 def retrain_plan(top_k: int, seeds: int) -> list[tuple[int, int]]:
     """Array index -> (rank 1..K, seed 0..S-1), ranks outer: index = (rank - 1) * S + seed."""
     return [(rank, seed) for rank in range(1, top_k + 1) for seed in range(seeds)]
 
 
 def retrain_dirs(runs_root: Path, sweep_id: str, top_k: int, seeds: int) -> list[Path]:
-    return [runs_root / retrain_name(sweep_id, r, s) for r, s in retrain_plan(top_k, seeds)]
+    return [runs_root / layout.retrain_run_id(sweep_id, r, s) for r, s in retrain_plan(top_k, seeds)]
 
 
 def agent_id(index: int) -> str:
@@ -143,9 +139,9 @@ class RetrainTask(_Recorded):
         from inat.sweep import load_sweep
 
         sweep_dir = Path(sweep_dir)
-        sweep = load_sweep(sweep_dir.parent.parent, sweep_dir.name)
+        sweep = load_sweep(layout.root_of(sweep_dir), sweep_dir.name)
         rank, seed = retrain_plan(top_k, seeds)[index]
-        run_dir = Path(runs_root) / retrain_name(sweep.id, rank, seed)
+        run_dir = Path(runs_root) / layout.retrain_run_id(sweep.id, rank, seed)
         if (run_dir / "config.yaml").is_file():
             cfg = RunConfig.load(run_dir / "config.yaml")
         else:
@@ -190,7 +186,7 @@ def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s:
     callbacks = [_delay_callback(epoch_delay_s)] if epoch_delay_s > 0 else []
     # Train and retrain jobs always write SCRATCH/runs/<id>/ (layout.runs_dir): their cache is
     # SCRATCH/cache, shared with the sweep's agents, so retraining decodes nothing.
-    cache_root = layout.cache_dir(Path(run_dir).resolve().parent.parent)
+    cache_root = layout.cache_dir(layout.root_of(Path(run_dir).resolve()))
     result = train(cfg, run_dir, data_root, callbacks=callbacks, verbose=2, cache_root=cache_root)
     return {"run_dir": str(run_dir), "status": result.status, "epochs_done": result.epochs_done,
             "best_val_accuracy": result.best_val_accuracy}
@@ -217,7 +213,7 @@ class AgentTask(_Recorded):
         from inat.sweep import load_sweep
 
         sweep_dir = Path(sweep_dir)
-        sweep = load_sweep(sweep_dir.parent.parent, sweep_dir.name)
+        sweep = load_sweep(layout.root_of(sweep_dir), sweep_dir.name)
         name = agent_id(index)
         sweep.agents_dir.mkdir(parents=True, exist_ok=True)
         return self._run(sweep.agents_dir / f"{name}.attempts.json", _agent, sweep, name, trials)

@@ -387,6 +387,8 @@ CASES = [
          ("sweep 'nope' not found",)),
     Case("sweep-id-unknown-report", lambda c: ["sweep-report", "nope", "--out", str(c.scratch)],
          ("sweep 'nope' not found",)),
+    Case("sweep-id-escapes", lambda c: ["sweep-status", "../../../etc", "--out", str(c.scratch)],
+         ("sweep id '../../../etc': use 1-128 letters", "SCRATCH/sweeps/")),
     Case("agent-count-zero", lambda c: ["agent", "--sweep-id", c.sweep_id, "--out", str(c.scratch), "--count", "0"],
          ("--count 0: expected an integer >= 1",), setup=make_sweep),
     Case("sweep-record-damaged", lambda c: ["agent", "--sweep-id", c.sweep_id, "--out", str(c.scratch), "--count", "1"],

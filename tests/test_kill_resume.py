@@ -101,14 +101,14 @@ TRIGGERS = [
 # Runs `inat-jobs ARGS` with the self-kill hook named by $KILL_HOOK ("saved:N" or "committed:N").
 HOOKED = """
 import os, signal, sys
-import inat.train as t
+import inat.rundir as r
 where, n = os.environ["KILL_HOOK"].split(":")
 seen = [0]
 def hit():
     seen[0] += 1
     if seen[0] >= int(n):
         os.kill(os.getpid(), signal.SIGKILL)
-save, publish = t.save_model_atomic, t.publish_best_model
+save, publish = r.save_model_atomic, r.publish_best_model
 def saving(model, path):
     save(model, path)
     if where == "saved" and path.name.startswith("best-"):
@@ -117,7 +117,7 @@ def publishing(run_dir, state):
     if where == "committed" and (run_dir / "checkpoint" / state.get("best_model", "-")).is_file():
         hit()
     publish(run_dir, state)
-t.save_model_atomic, t.publish_best_model = saving, publishing
+r.save_model_atomic, r.publish_best_model = saving, publishing
 from jobs.cli import main
 sys.argv[0] = "inat-jobs"
 main()

@@ -132,7 +132,7 @@ def test_a_run_locked_by_another_process_is_refused(tmp_path):
     import subprocess
     import sys
 
-    from inat.train import _exclusive
+    from inat.rundir import exclusive
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -144,12 +144,12 @@ def test_a_run_locked_by_another_process_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(InatError, match="another process is training this run right now"):
-            with _exclusive(run_dir):
+            with exclusive(run_dir):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with _exclusive(run_dir):  # the holder is gone: the lock is free again
+    with exclusive(run_dir):  # the holder is gone: the lock is free again
         pass
 
 
@@ -160,7 +160,7 @@ def test_a_file_system_without_locks_is_named_not_blamed_on_another_process(tmp_
     import fcntl
     import os
 
-    from inat.train import _exclusive
+    from inat.rundir import exclusive
 
     code = getattr(errno, name)
 
@@ -171,7 +171,7 @@ def test_a_file_system_without_locks_is_named_not_blamed_on_another_process(tmp_
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(InatError) as err:
-        with _exclusive(run_dir):
+        with exclusive(run_dir):
             pytest.fail("trained without a lock")
     message = str(err.value)
     assert "another process" not in message
@@ -184,7 +184,7 @@ def test_any_other_lock_error_is_not_blamed_on_another_process(tmp_path, monkeyp
     import errno
     import fcntl
 
-    from inat.train import _exclusive
+    from inat.rundir import exclusive
 
     def broken(fd, operation):
         raise OSError(errno.EIO, "Input/output error")
@@ -192,7 +192,7 @@ def test_any_other_lock_error_is_not_blamed_on_another_process(tmp_path, monkeyp
     monkeypatch.setattr(fcntl, "flock", broken)
     (tmp_path / "run").mkdir()
     with pytest.raises(InatError, match=r"run: cannot lock .*\.lock: Input/output error") as err:
-        with _exclusive(tmp_path / "run"):
+        with exclusive(tmp_path / "run"):
             pass
     assert "another process" not in str(err.value)
 

@@ -23,9 +23,9 @@ from .. import data
 from ..config import RunConfig
 from ..errors import InatError
 from ..fsutil import read_json
-from ..layout import require_model
 from ..models.common import conv_layer_names, input_size, load_model
 from ..models.transfer import Preprocess, base_model
+from ..rundir import require_model
 from . import guided, plots
 from .names import WHAT, parse_what
 

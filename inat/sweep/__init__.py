@@ -1,8 +1,8 @@
 """Sweeps: a W&B sweep file run by agents on W&B's server or, air-gapped, with Optuna on scratch.
 
   spec           the sweep file: parse and check it (`load_spec`, `SweepSpec`)
-  store          a sweep on scratch storage: create, find and load it, and rank its trials from
-                 their run directories (`new_sweep`, `load_sweep`, `best_configs`)
+  store          a sweep on scratch storage: create it, find it by id (the one lookup, which checks
+                 the id), load it, and rank its trials from their run directories
   space          the W&B -> Optuna mapping: distributions, samplers, the pruner
   hyperband      W&B's hyperband rule as an Optuna pruner
   local          the local backend's agent: an ask/tell loop around `inat.train.train`
@@ -13,9 +13,12 @@ Exports the light names of `spec` and `store`; the backends import Optuna or W&B
 """
 
 from .spec import SweepSpec, load_spec
-from .store import BACKENDS, Ranked, Sweep, best_configs, load_sweep, mark_run, new_sweep, read_trial, trial_name
+from .store import (
+    BACKENDS, STATES, Ranked, Sweep, best_configs, find_sweep, load_sweep, mark_run, new_sweep, read_trial,
+    sweep_ids, trial_name,
+)  # fmt: skip
 
 __all__ = [
-    "BACKENDS", "Ranked", "Sweep", "SweepSpec", "best_configs", "load_spec", "load_sweep", "mark_run",
-    "new_sweep", "read_trial", "trial_name",
+    "BACKENDS", "STATES", "Ranked", "Sweep", "SweepSpec", "best_configs", "find_sweep", "load_spec",
+    "load_sweep", "mark_run", "new_sweep", "read_trial", "sweep_ids", "trial_name",
 ]

@@ -4,7 +4,7 @@
       sweep.yaml            the sweep file as given (W&B format)
       sweep.json            id, backend, data root, --set values, storage, seed, created
       optuna.journal        the local backend's study (unless --storage names a database)
-      trials/<trial>/       one ordinary run directory per trial (see inat.layout.RUN_FILES)
+      trials/<trial>/       one ordinary run directory per trial (see inat.rundir.RUN_FILES)
       agents/<agent>.json   which trial each agent is on, so a requeued agent resumes it
       agents/<agent>.log    agent output when started with --cluster local
       best_config.yaml      written by `inat-jobs sweep-status`
@@ -63,7 +63,7 @@ class Sweep:
 
     @property
     def scratch_root(self) -> Path:
-        return self.dir.parent.parent
+        return layout.root_of(self.dir)
 
     def spec(self) -> SweepSpec:
         return load_spec(self.spec_path, self.fixed)
@@ -102,14 +102,33 @@ def new_sweep(scratch: Path, spec_path: str | Path, backend: str, data_root: str
     return sweep, spec
 
 
-def load_sweep(scratch_root: str | os.PathLike, sweep_id: str) -> Sweep:
+def sweep_ids(scratch_root: str | os.PathLike) -> list[str]:
+    """The ids of the sweeps under SCRATCH/sweeps/ (folders with a sweep.json), oldest first."""
+    return sorted(p.parent.name for p in layout.sweeps_dir(Path(scratch_root)).glob("*/sweep.json"))
+
+
+def find_sweep(scratch_root: str | os.PathLike, sweep_id: str, record: bool = True,
+               missing_ok: bool = False) -> Path | None:
+    """SCRATCH/sweeps/<sweep_id>: the one lookup of a sweep by id. The id must be one `layout.check_id`
+    accepts (as --run-id), so it cannot lead outside SCRATCH/sweeps/; the folder must hold the sweep's
+    record, sweep.json (with `record=False` it need only exist, as for a report of copied trials).
+    Otherwise None with `missing_ok`, else a one-line error that names the latest sweeps there."""
     where = layout.sweeps_dir(Path(scratch_root))
-    path = where / sweep_id / "sweep.json"
-    if not sweep_id or "/" in sweep_id or not path.is_file():
-        known = sorted(p.parent.name for p in where.glob("*/sweep.json"))[-5:]
+    path = where / layout.check_id(sweep_id, "sweep id", "SCRATCH/sweeps/")
+    wanted = path / "sweep.json" if record else path
+    if not (wanted.is_file() if record else wanted.is_dir()):
+        if missing_ok:
+            return None
+        known = sweep_ids(scratch_root)[-5:]
         hint = f" (latest there: {', '.join(known)})" if known else ""
-        raise InatError(f"sweep {sweep_id!r} not found: looked for {path}{hint}; "
+        raise InatError(f"sweep {sweep_id!r} not found: looked for {wanted}{hint}; "
                         "pass --out (or set $INAT_SCRATCH) to the scratch root it was launched with")
+    return path
+
+
+def load_sweep(scratch_root: str | os.PathLike, sweep_id: str) -> Sweep:
+    """The sweep `sweep_id` under SCRATCH/sweeps/ (see `find_sweep`), from its sweep.json."""
+    path = find_sweep(scratch_root, sweep_id) / "sweep.json"
     try:
         data = read_json(path)
         fields = {k: v for k, v in data.items() if k in Sweep.__dataclass_fields__ and k != "dir"}

@@ -54,7 +54,7 @@ def retrain_best(
     from inat.sweep import best_configs
 
     from ..slurm.submit import add_records, run_calls, submit_calls
-    from ..tasks import TrainTask, retrain_name, retrain_plan, write_origin
+    from ..tasks import TrainTask, retrain_plan, write_origin
 
     _check_counts(top_k, seeds, epochs)
     sw = load_sweep(layout.scratch_root(out), sweep_id)
@@ -71,7 +71,7 @@ def retrain_best(
     for rank, seed in retrain_plan(len(best), seeds):
         picked = best[rank - 1]
         cfg = picked.config.replace(seed=seed, **({"epochs": epochs} if epochs else {}))
-        run_dir = runs_root / retrain_name(sw.id, rank, seed)
+        run_dir = runs_root / layout.retrain_run_id(sw.id, rank, seed)
         _check_resumable(run_dir, cfg)
         write_origin(run_dir, sw.id, picked, rank, seed)
         calls.append((TrainTask(), (cfg, run_dir, Path(sw.data_root))))

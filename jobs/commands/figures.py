@@ -10,6 +10,7 @@ import typer
 from inat import layout
 from inat.errors import InatError
 from inat.figures import WHAT, parse_what
+from inat.sweep import find_sweep
 
 from ..cli import app
 from ..slurm.profile import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
@@ -86,16 +87,8 @@ def report(
 
 
 def sweep_dir(sweep_id: str, out: Optional[Path]) -> Path:
+    """A sweep folder given as a path (one holding trials/), else the sweep of that id under SCRATCH."""
     given = Path(sweep_id).expanduser()
     if ("/" in sweep_id or sweep_id in (".", "..")) and (given / "trials").is_dir():
         return given.resolve()
-    where = layout.sweeps_dir(layout.scratch_root(out))
-    path = where / sweep_id
-    if "/" in sweep_id or not sweep_id or not path.is_dir():
-        known = sorted(p.name for p in where.glob("*") if p.is_dir())[-5:] if where.is_dir() else []
-        hint = f" (latest there: {', '.join(known)})" if known else ""
-        raise InatError(
-            f"sweep {sweep_id!r} not found: no {path}{hint}; pass --out (or set $INAT_SCRATCH) "
-            "to the scratch root it ran under"
-        )
-    return path
+    return find_sweep(layout.scratch_root(out), sweep_id, record=False)

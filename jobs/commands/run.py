@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,7 +19,6 @@ SetOpt = typer.Option(
     None, "--set", "-s", help="Override one config key, e.g. --set dropout=0.4 --set kernel_size=[3,5,5,7,7]. Repeatable."
 )
 DataOpt = typer.Option(..., "--data", "-d", help="Dataset root with train/<class>/ and val/<class>/ (val/ is the test set).")
-RUN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 OutOpt = typer.Option(
     None, "--out", "-o", help="Scratch root for outputs (default: $INAT_SCRATCH, else $SCRATCH/inat, else ./scratch)."
 )
@@ -41,9 +39,8 @@ def train(
 ) -> None:
     """Train one model; writes SCRATCH/runs/RUN_ID/ (config, splits, history.csv, model.keras, checkpoint)."""
     cfg = RunConfig.load(config, set_ or [])
-    if run_id and not RUN_ID.fullmatch(run_id):
-        raise InatError(f"--run-id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', not starting with "
-                        "'.' (it names a directory under SCRATCH/runs/)")
+    if run_id:
+        layout.check_id(run_id, "--run-id", "SCRATCH/runs/")
     _check_data_root(data)
     scratch = layout.scratch_root(out)
     run_dir = layout.runs_dir(scratch) / (run_id or layout.new_id())

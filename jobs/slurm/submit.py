@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from inat import layout
 from inat.errors import InatError
 from inat.fsutil import read_json, write_json
+from inat.rundir import require_model
 
 from .profile import ClusterProfile, load_profile, make_executor
 
@@ -104,7 +105,7 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
 
     sweep_dir = Path(sweep_dir)
     profile = options.get("profile") or load_profile()
-    folder = layout.jobs_dir(sweep_dir.parent.parent) / sweep_dir.name / "agent"
+    folder = layout.jobs_dir(layout.root_of(sweep_dir)) / sweep_dir.name / "agent"
     calls = [(AgentTask(), (sweep_dir, i, trials_per_agent)) for i in range(n_agents)]
     sub = submit_calls("agent", calls, profile, folder, options.get("dependency"))
     add_records(sweep_dir / "jobs.json", [sub])
@@ -118,7 +119,7 @@ def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path],
     SCRATCH is the one the first run lives in (SCRATCH/runs/<run>), else the default scratch root.
     """
     first = Path(runs[0]).resolve()
-    scratch = first.parent.parent if first.parent.name == "runs" else layout.scratch_root()
+    scratch = layout.root_of(first) if first.parent.name == "runs" else layout.scratch_root()
     group = layout.new_id(f"{stage}-")
     folder = layout.jobs_dir(scratch) / group
     sub = submit_calls(stage, calls, profile, folder / stage)
@@ -138,7 +139,7 @@ def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_
         return False
     profile = load_profile(profile_path, cluster_set or [], image)
     for run in runs:  # a job for a run without a model would only fail on the node
-        layout.require_model(run)
+        require_model(run)
     group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile)
     print(f"{stage}: submitted job {sub.job_id} ({len(sub.task_ids)} task(s)): {', '.join(sub.task_ids)}")
     print(f"watch:   inat-jobs status {group}")
