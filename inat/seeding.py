@@ -51,7 +51,7 @@ def deterministic_from_env() -> bool:
     """Turn on TensorFlow's op determinism when INAT_DETERMINISTIC is set to a true value."""
     if os.environ.get("INAT_DETERMINISTIC", "").strip().lower() not in ("1", "true", "yes", "on"):
         return False
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow, only when determinism is asked for
 
     tf.config.experimental.enable_op_determinism()
     log.info("INAT_DETERMINISTIC: TensorFlow op determinism is on")

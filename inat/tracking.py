@@ -68,7 +68,7 @@ def start(
     mode = wandb_mode()
     if mode == "disabled":
         return Tracker(None)
-    import wandb
+    import wandb  # lazy: W&B, only for a run that logs to it
 
     os.environ.setdefault("WANDB_SILENT", "true")
     try:

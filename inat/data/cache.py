@@ -77,7 +77,7 @@ class Cache:
         Files the cache skipped as undecodable are left out, as the uncached pipeline's
         ignore_errors would drop them.
         """
-        import tensorflow as tf
+        import tensorflow as tf  # lazy: TensorFlow, only when batches are read
 
         if image_size is not None and image_size != self.image_size:
             raise ValueError(f"cache holds {self.image_size} px images, not {image_size} px")

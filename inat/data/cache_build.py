@@ -139,7 +139,7 @@ def _decode_into(root: Path, rels: list[str], image_size: int, out: Path) -> np.
     Plain sequential writes, not a writable memory map: a full disk is then an OSError (one-line
     error) instead of a SIGBUS that kills the process.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow, only to decode
 
     shape = (len(rels), image_size, image_size, 3)
     row_bytes = image_size * image_size * 3

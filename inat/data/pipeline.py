@@ -26,7 +26,7 @@ def make_dataset(
     same pixels with or without a cache. With shuffle=False the order is that of `paths`, so
     predictions line up with labels.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow, only when a pipeline is built
 
     paths = [os.fspath(p) for p in paths]
     if len(paths) != len(labels):
@@ -68,7 +68,7 @@ def decode_resize(contents, image_size: int):
     without ever being decoded in full. That is 1.5-2.5x faster than a full decode and, because
     DCT scaling averages whole 8x8 blocks, less aliased than resizing the full image bilinearly.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow, as above
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(contents)
@@ -95,7 +95,7 @@ def finish_batches(ds, *, augment: bool, seed: int = 0):
     Augmentation runs here, on whole batches, not per image: one batched op per step costs far
     less per image than a map over single images (see docs/performance.md for the numbers).
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow, as above
 
     if augment:
         # One stateless seed pair per batch; re-drawn every epoch (rerandomize_each_iteration).
@@ -125,7 +125,7 @@ def augment_batch(images, seed):
     with x1 > x2 samples the crop mirrored, so the flip is free) and one fused multiply-add:
     no per-image ops, no Python.
     """
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow, as above
 
     size = images.shape[1]
     n = tf.shape(images)[0]

@@ -242,7 +242,7 @@ def image_problem(path: str | os.PathLike) -> str | None:
 
 
 def _decodes(path) -> bool:
-    from PIL import Image  # only for the rare JPEG without an end marker in its last 4 KiB
+    from PIL import Image  # lazy: PIL, only for the rare JPEG without an end marker in its last 4 KiB
 
     try:
         with Image.open(path) as img:

@@ -121,7 +121,7 @@ def axis_positions(values: Sequence[Any]) -> tuple[list[float], list[tuple[float
 
 
 def parallel_coordinates(trials, swept: list[str], title: str = ""):
-    from matplotlib import cm, colors
+    from matplotlib import cm, colors  # lazy: matplotlib's colour maps, for this plot only
 
 
     columns = swept + ["best val_accuracy"]
@@ -197,8 +197,8 @@ def importances(trials, swept: list[str]) -> tuple[dict[str, float], str]:
     """Optuna's PED-ANOVA importance of each swept key, on a study rebuilt from the trials.
     Returns ({key: importance}, "") or ({}, why not)."""
     try:
-        import optuna
-        from optuna.distributions import CategoricalDistribution, FloatDistribution
+        import optuna  # lazy: Optuna, for the importance only
+        from optuna.distributions import CategoricalDistribution, FloatDistribution  # lazy: Optuna, as above
     except ImportError:
         return {}, "Optuna is not installed"
 

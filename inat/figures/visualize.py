@@ -138,7 +138,7 @@ def first_conv(model) -> tuple[object, object]:
 
 def _first_conv_features(model, layer):
     """images -> that layer's output. For Part B, the layers before the base (preprocessing) first."""
-    import keras
+    import keras  # lazy: Keras is loaded by now; named here for its layer types
 
     base = base_model(model)
     if base is None:
@@ -225,7 +225,7 @@ def _guided(run: _Run, seed: int, max_images: int, pdf: bool, **_) -> list[Path]
 def receptive_field(model, target: str, row: int, col: int, size: int) -> tuple[float, float, float, float]:
     """(x0, y0, width, height) in input pixels of the unit at (row, col) of layer `target`'s output,
     walking the sequential conv/pool stack of the scratch CNN (imshow coordinates: pixel p at p)."""
-    import keras
+    import keras  # lazy: as above
 
     rf, jump, start = 1.0, 1.0, 0.0
     for layer in model.layers:
@@ -252,7 +252,7 @@ def receptive_field(model, target: str, row: int, col: int, size: int) -> tuple[
 def _confusion(run: _Run, pdf: bool, **_) -> list[Path]:
     path = run.dir / "test_metrics.json"
     if not path.is_file():
-        from ..evaluate import evaluate
+        from ..evaluate import evaluate  # lazy: evaluation, only when test_metrics.json is missing
 
         log.info("visualize: no test_metrics.json yet; evaluating %s on the test split first", run.dir.name)
         evaluate(run.dir, run.data_root)

@@ -22,7 +22,7 @@ def _encode(value: Any) -> Any:
 
 def optuna_space(spec: SweepSpec) -> dict[str, Any]:
     """name -> Optuna distribution for every swept key; ConfigError for forms Optuna cannot express."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # lazy: Optuna, only when the space is built
 
     space = {}
     for key, p in spec.swept.items():
@@ -93,7 +93,7 @@ def make_sampler(spec: SweepSpec, seed: int, agent_id: str = "", trials_before: 
     """bayes -> TPE, random -> random, grid -> grid. Each agent gets its own seed from (seed, agent id,
     the trials the study held when the agent started): with one seed for all, agents started together
     would draw the same first configs, and an agent requeued under its id would draw its earlier ones."""
-    import optuna
+    import optuna  # lazy: Optuna, as above
 
     agent_seed = zlib.crc32(f"{seed}:{agent_id}:{trials_before}".encode()) & 0x7FFFFFFF
     if spec.method == "grid":
@@ -110,9 +110,9 @@ def make_pruner(spec: SweepSpec, epochs: int):
 
     `epochs` plays no part: W&B's bands do not depend on how long the runs are.
     """
-    import optuna
+    import optuna  # lazy: Optuna, as above
 
-    from .hyperband import WandbHyperbandPruner
+    from .hyperband import WandbHyperbandPruner  # lazy: its module subclasses an Optuna pruner
 
     if spec.early_terminate is None:
         return optuna.pruners.NopPruner()

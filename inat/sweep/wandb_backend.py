@@ -12,6 +12,7 @@ Trials still write ordinary run directories under SCRATCH/sweeps/<id>/trials/<wa
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 import socket
 import threading
@@ -34,7 +35,7 @@ def preflight(timeout: float = PROBE_TIMEOUT_S) -> str:
     if mode in ("offline", "disabled", "dryrun"):
         raise InatError(f"--backend wandb needs the W&B server, but WANDB_MODE={mode}; unset it, or {HINT}")
     os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb
+    import wandb  # lazy: W&B, only for the W&B backend
 
     base_url = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
     if not _has_api_key(base_url):
@@ -54,12 +55,10 @@ def _has_api_key(base_url: str) -> bool:
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     try:
-        from wandb.sdk.lib import wbauth
+        from wandb.sdk.lib import wbauth  # lazy: W&B, as above
 
         return bool(wbauth.read_netrc_auth(host=base_url))
     except ImportError:  # an older/newer wandb without this module: read the netrc ourselves
-        import netrc
-
         try:
             return netrc.netrc().authenticators(urlsplit(base_url).hostname or "") is not None
         except (OSError, netrc.NetrcParseError):
@@ -70,7 +69,7 @@ def _has_api_key(base_url: str) -> bool:
 
 def create(sweep: Sweep, spec: SweepSpec, timeout: float = CREATE_TIMEOUT_S) -> str:
     """Register the sweep file with W&B, unchanged; return entity/project/sweep_id."""
-    import wandb
+    import wandb  # lazy: W&B, as above
 
     project = spec.raw.get("project") or os.environ.get("WANDB_PROJECT", tracking.PROJECT)
     entity = spec.raw.get("entity") or os.environ.get("WANDB_ENTITY") or None
@@ -98,9 +97,9 @@ def create(sweep: Sweep, spec: SweepSpec, timeout: float = CREATE_TIMEOUT_S) -> 
 def run_agent(sweep: Sweep, count: int | None = None) -> None:
     """`wandb.agent` with a function that trains one trial into trials/<run id>/."""
     preflight()
-    import wandb
+    import wandb  # lazy: W&B, as above
 
-    from ..train import train
+    from ..train import train  # lazy: Keras; and tests replace inat.train.train
 
     spec = sweep.spec()
     entity, project, sweep_id = sweep.wandb_sweep.split("/")
