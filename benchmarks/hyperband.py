@@ -74,7 +74,8 @@ def draw_configs(args) -> list[dict]:
 
 def run_arm(name: str, spec_text: str, args, scratch: Path, configs: list[dict]) -> dict:
     from inat.sweep import new_sweep, read_trial
-    from inat.sweep.local import create_study, open_study, run_agent
+    from inat.sweep.local import run_agent
+    from inat.sweep.study import create_study, open_study
 
     spec_path = scratch / f"{name}.yaml"
     spec_path.write_text(spec_text)

@@ -32,7 +32,7 @@ from typing import Any
 from inat import layout
 from inat.errors import InatError
 from inat.fsutil import atomic_path, make_dir, read_json, write_json
-from inat.sweep import best_configs, find_sweep, load_spec, read_trial, sweep_ids
+from inat.sweep import best_configs, find_sweep, load_spec, read_trial, sweep_ids, trial_dirs
 
 from .slurm import jobstate
 
@@ -138,7 +138,7 @@ def _collect_sweep(sweep: Path, out: Path, top_k: int) -> None:
     best = best_configs(sweep, top_k)
     best_names = {b.trial for b in best}
     rows = []
-    trials = sorted(d for d in (sweep / "trials").glob("*") if d.is_dir())
+    trials = trial_dirs(sweep / "trials")
     for trial in trials:
         info = read_trial(trial, spec.metric, spec.maximize)
         rows.append({k: v for k, v in info.items() if k != "config_path"})

@@ -32,6 +32,7 @@ from inat import layout
 from inat.fsutil import read_json, write_json
 from inat.sweep import Sweep
 
+from . import agents
 from .slurm import jobstate
 from .slurm.profile import ClusterProfile
 from .slurm.submit import Submitted, run_calls, submit_calls
@@ -92,21 +93,18 @@ def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any])
 def run_local(sw: Sweep, options: dict[str, Any], say: Callable[[str], None],
               quiet_stdout: bool) -> dict[str, Any]:
     """Run the stages one after another on this machine; returns the record with every task's state."""
-    from .commands.sweep import _start_local_agents, _wait
-
     record = new_record(sw, "local", options)
     path = pipeline_dir(sw.scratch_root, sw.id) / "pipeline.json"
     write_json(path, record)
     calls = stage_calls(sw, options)
     redirect = contextlib.redirect_stdout(sys.stderr) if quiet_stdout else contextlib.nullcontext()
     with redirect:
-        say(f"agent: starting {options['agents']} local agent process(es); logs: {sw.agents_dir}/agent-*.log")
-        procs = _start_local_agents(sw, options["agents"], options["trials_per_agent"])
-        failed = set(_wait(procs, sw, say))
-        states = ["FAILED" if any(f.startswith(f"agent-{i} ") for f in failed) else "COMPLETED"
-                  for i in range(len(procs))]
+        say(f"agent: starting {options['agents']} local agent process(es); logs: {agents.logs_glob(sw)}")
+        started = agents.start_local(sw, options["agents"], options["trials_per_agent"])
+        failed = {a.id for a in agents.wait(started, say)}
+        states = ["FAILED" if a.id in failed else "COMPLETED" for a in started]
         errors = [None if s == "COMPLETED" else "see the agent log" for s in states]
-        agent_rec = Submitted("agent", "local", [f"pid_{p.pid}" for p in procs], str(sw.agents_dir), "local",
+        agent_rec = Submitted("agent", "local", [f"pid_{a.proc.pid}" for a in started], str(sw.agents_dir), "local",
                               states=states, errors=errors)
         record["stages"].append(agent_rec.record())
         write_json(path, record)

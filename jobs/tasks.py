@@ -24,7 +24,13 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from inat import layout
 from inat.config import RunConfig
+from inat.errors import InatError
 from inat.fsutil import read_json, write_json
+from inat.rundir import committed_epochs
+from inat.sweep import best_configs, load_sweep, wandb_backend
+from inat.sweep.local import run_agent, trials_ended_by
+
+from .agents import agent_id
 
 log = logging.getLogger("inat")
 
@@ -39,11 +45,6 @@ def retrain_plan(top_k: int, seeds: int) -> list[tuple[int, int]]:
 
 def retrain_dirs(runs_root: Path, sweep_id: str, top_k: int, seeds: int) -> list[Path]:
     return [runs_root / layout.retrain_run_id(sweep_id, r, s) for r, s in retrain_plan(top_k, seeds)]
-
-
-def agent_id(index: int) -> str:
-    """Stable per array task, so a requeued agent resumes its own trial (same name as local agents)."""
-    return f"agent-{index}"
 
 
 # ---- bookkeeping ---------------------------------------------------------------------------------------
@@ -74,9 +75,6 @@ def record_attempt(path: Path, outcome: str | None = None, run_dir: Path | None 
 
 
 def _committed_epochs(run_dir: Path) -> int | None:
-    from inat.errors import InatError
-    from inat.rundir import committed_epochs
-
     try:
         return committed_epochs(run_dir)
     except InatError:
@@ -136,8 +134,6 @@ class RetrainTask(_Recorded):
 
     def __call__(self, sweep_dir: Path, runs_root: Path, index: int, top_k: int, seeds: int,
                  epochs: int | None = None) -> dict:
-        from inat.sweep import load_sweep
-
         sweep_dir = Path(sweep_dir)
         sweep = load_sweep(layout.root_of(sweep_dir), sweep_dir.name)
         rank, seed = retrain_plan(top_k, seeds)[index]
@@ -159,8 +155,6 @@ class RetrainTask(_Recorded):
 
 def pick_config(sweep_dir: Path, rank: int, seed: int, epochs: int | None):
     """The sweep's rank-th best finished trial as (its `inat.sweep.Ranked`, the retraining config), or None."""
-    from inat.sweep import best_configs
-
     best = best_configs(sweep_dir, rank)
     if len(best) < rank:
         return None
@@ -181,7 +175,7 @@ def write_origin(run_dir: Path, sweep_id: str, picked, rank: int, seed: int) -> 
 
 
 def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s: float) -> dict:
-    from inat.train import train
+    from inat.train import train  # lazy: Keras and TensorFlow, for training jobs only
 
     callbacks = [_delay_callback(epoch_delay_s)] if epoch_delay_s > 0 else []
     # Train and retrain jobs always write SCRATCH/runs/<id>/ (layout.runs_dir): their cache is
@@ -193,7 +187,7 @@ def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s:
 
 
 def _delay_callback(seconds: float):
-    import keras
+    import keras  # lazy: as for train
 
     class EpochDelay(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -210,8 +204,6 @@ class AgentTask(_Recorded):
     only the trials its count has left."""
 
     def __call__(self, sweep_dir: Path, index: int, trials: int | None) -> dict:
-        from inat.sweep import load_sweep
-
         sweep_dir = Path(sweep_dir)
         sweep = load_sweep(layout.root_of(sweep_dir), sweep_dir.name)
         name = agent_id(index)
@@ -221,36 +213,14 @@ class AgentTask(_Recorded):
 
 def _agent(sweep, name: str, trials: int | None) -> dict:
     if sweep.backend == "wandb":
-        from inat.sweep import wandb_backend
-
         wandb_backend.run_agent(sweep, trials)
         return {"agent_id": name, "backend": "wandb"}
-    from inat.sweep.local import run_agent
-
     left = trials
     if trials is not None:
-        left = trials - trials_finished_by(sweep, name)
+        left = trials - trials_ended_by(sweep, name)
         if left <= 0:
             return {"agent_id": name, "trials": [], "stop_reason": "count reached before the requeue"}
     return run_agent(sweep, name, left)
-
-
-def trials_finished_by(sweep, name: str) -> int:
-    """Trials this agent id already took to an end (finished, pruned or failed) in earlier attempts.
-
-    A trial it was killed in and that a later attempt resumed in a new trial (superseded) is not one:
-    its run is still that agent's work in progress."""
-    from optuna.trial import TrialState
-
-    from inat.sweep.liveness import superseded
-    from inat.sweep.local import open_study
-
-    study = open_study(sweep, sweep.spec(), name)
-    trials = study.get_trials(deepcopy=False)
-    moved_on = superseded(trials)
-    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(1 for t in trials if t.state in ended and t.user_attrs.get("agent") == name
-               and t.number not in moved_on)
 
 
 # ---- test and figures ----------------------------------------------------------------------------------
@@ -261,7 +231,7 @@ def evaluate_run(run_dir: Path, data_root: Path | None = None, batch_size: int |
     """`inat-jobs test` for one run. missing_ok: a pipeline run that retraining skipped is not an error."""
     if missing_ok and not Path(run_dir).exists():
         return _skipped(run_dir, NO_RUN)
-    from inat.evaluate import evaluate
+    from inat.evaluate import evaluate  # lazy: Keras and TensorFlow
 
     metrics = evaluate(run_dir, data_root, batch_size)
     return {"run_dir": str(run_dir), "status": "completed", "accuracy": metrics["accuracy"],
@@ -273,7 +243,7 @@ def visualize_run(run_dir: Path, what: list[str], data_root: Path | None = None,
     """`inat-jobs visualize` for one run: RUN/figures/."""
     if missing_ok and not Path(run_dir).exists():
         return _skipped(run_dir, NO_RUN)
-    from inat.figures.visualize import visualize
+    from inat.figures.visualize import visualize  # lazy: Keras, TensorFlow, matplotlib
 
     paths = visualize(run_dir, what, data_root, seed=seed, max_images=max_images, pdf=pdf)
     return {"run_dir": str(run_dir), "status": "completed", "figures": [str(p) for p in paths]}
@@ -289,6 +259,6 @@ def _skipped(run_dir: Path, reason: str) -> dict:
 
 def sweep_report(sweep_dir: Path) -> dict:
     """SWEEP/trials.csv and the sweep plots (the pipeline's last stage, beside the run figures)."""
-    from inat.figures.sweep_report import sweep_report as report
+    from inat.figures.sweep_report import sweep_report as report  # lazy: matplotlib
 
     return {"sweep_dir": str(sweep_dir), "status": "completed", "files": [str(p) for p in report(sweep_dir)]}

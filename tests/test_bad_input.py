@@ -232,7 +232,7 @@ def no_model(c: Ctx) -> None:
 
 def make_sweep(c: Ctx) -> str:
     from inat.sweep import new_sweep
-    from inat.sweep.local import create_study
+    from inat.sweep.study import create_study
 
     sweep, spec = new_sweep(c.scratch, c.file("made.yaml", SWEEP), "local", c.data, {"epochs": 1})
     create_study(sweep, spec)

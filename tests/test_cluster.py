@@ -124,9 +124,8 @@ def test_image_must_exist(tmp_path):
 def test_every_submitting_command_takes_image():
     import typer.main
 
-    from jobs.cli import _register, app
+    from jobs.cli import app  # importing the CLI registers every command
 
-    _register()
     commands = typer.main.get_command(app).commands
     submitting = {name for name, cmd in commands.items() if any("--cluster" in p.opts for p in cmd.params)}
     assert {"test", "visualize", "launch-sweep", "retrain-best", "pipeline"} <= submitting
@@ -389,7 +388,7 @@ def test_a_restarted_agent_runs_only_the_trials_it_has_left(tmp_path, demo_data)
     """What a requeue does to an agent task: the same call again, under the same agent id."""
     from inat.config import parse_overrides
     from inat.sweep import new_sweep
-    from inat.sweep.local import create_study
+    from inat.sweep.study import create_study
     from jobs.tasks import AgentTask
 
     (tmp_path / "s.yaml").write_text(TINY_SWEEP)

@@ -58,7 +58,7 @@ log.write(f"done {len(result['trials'])} {result['stop_reason']}\n")
 
 def make_sweep(tmp_path: Path):
     from inat.sweep import new_sweep
-    from inat.sweep.local import create_study
+    from inat.sweep.study import create_study
 
     for sub in ("train", "val"):
         (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
@@ -103,7 +103,7 @@ def wait_all(procs, sweep, timeout: float) -> None:
 
 
 def study_trials(sweep):
-    from inat.sweep.local import open_study
+    from inat.sweep.study import open_study
 
     return open_study(sweep, sweep.spec()).get_trials(deepcopy=False)
 

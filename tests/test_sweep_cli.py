@@ -188,7 +188,8 @@ def test_sweep_status_only_reads_unless_told_to_fail_stale_trials(tmp_path):
     from test_sweep_local import fake_trial, make_sweep
 
     from inat.fsutil import write_json
-    from inat.sweep.local import run_agent, storage_for
+    from inat.sweep.local import run_agent
+    from inat.sweep.study import storage_for
 
     sweep = make_sweep(tmp_path)
     run_agent(sweep, "a0", count=1, trial_fn=fake_trial)  # trial 0 finished: there is a best config

@@ -13,7 +13,9 @@ from optuna.trial import TrialState
 from inat.config import RunConfig
 from inat.fsutil import read_json, write_csv, write_json
 from inat.sweep import best_configs, load_sweep, new_sweep, trial_name
-from inat.sweep.local import Outcome, create_study, open_study, run_agent, storage_for, trial_rows
+from inat.sweep.local import Outcome, run_agent
+from inat.sweep.status import trial_rows
+from inat.sweep.study import create_study, open_study, storage_for
 
 SPEC = """
 method: bayes
@@ -239,14 +241,14 @@ def test_an_agent_started_again_under_its_id_does_not_redraw_its_earlier_configs
 
 
 def test_agent_requeued_twice_keeps_resuming_the_same_run(tmp_path):
-    from jobs.tasks import trials_finished_by
+    from inat.sweep.local import trials_ended_by
 
     sweep = make_sweep(tmp_path, NO_PRUNING)
     with pytest.raises(KeyboardInterrupt):
         run_agent(sweep, "agent-3", count=1, trial_fn=_killed_after(1))
     with pytest.raises(KeyboardInterrupt):  # requeued, killed again in the resumed run
         run_agent(sweep, "agent-3", count=1, trial_fn=_killed_after(3))
-    assert trials_finished_by(sweep, "agent-3") == 0  # superseded trials are not finished work
+    assert trials_ended_by(sweep, "agent-3") == 0  # superseded trials are not finished work
     names = []
     run_agent(sweep, "agent-3", count=1, trial_fn=lambda tr: names.append(tr.name) or fake_trial(tr))
     trials = open_study(sweep, sweep.spec()).get_trials()
@@ -254,7 +256,7 @@ def test_agent_requeued_twice_keeps_resuming_the_same_run(tmp_path):
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert [t.user_attrs.get("resumes") for t in trials] == [None, 0, 1]
     assert {t.user_attrs.get("run_dir", "0000") for t in trials} == {"0000"}
-    assert trials_finished_by(sweep, "agent-3") == 1
+    assert trials_ended_by(sweep, "agent-3") == 1
     assert [r["state"] for r in trial_rows(sweep, sweep.spec())] == ["superseded", "superseded", "finished"]
 
 

@@ -5,8 +5,10 @@
                  the id), load it, and rank its trials from their run directories
   space          the W&B -> Optuna mapping: distributions, samplers, the pruner
   hyperband      W&B's hyperband rule as an Optuna pruner
+  study          the local backend's Optuna study on scratch storage: create and open it
   local          the local backend's agent: an ask/tell loop around `inat.train.train`
   liveness       heartbeats, dead trials, requeued agents (local backend)
+  status         the rows `sweep-status` shows, from the study or the trial directories
   wandb_backend  the W&B backend: W&B's server picks, we train
 
 Exports the light names of `spec` and `store`; the backends import Optuna or W&B when they run.
@@ -15,10 +17,10 @@ Exports the light names of `spec` and `store`; the backends import Optuna or W&B
 from .spec import SweepSpec, load_spec
 from .store import (
     BACKENDS, STATES, Ranked, Sweep, best_configs, find_sweep, load_sweep, mark_run, new_sweep, read_trial,
-    sweep_ids, trial_name,
+    sweep_ids, trial_dirs, trial_name,
 )  # fmt: skip
 
 __all__ = [
     "BACKENDS", "STATES", "Ranked", "Sweep", "SweepSpec", "best_configs", "find_sweep", "load_spec",
-    "load_sweep", "mark_run", "new_sweep", "read_trial", "sweep_ids", "trial_name",
+    "load_sweep", "mark_run", "new_sweep", "read_trial", "sweep_ids", "trial_dirs", "trial_name",
 ]

@@ -30,6 +30,9 @@ from .store import Sweep, mark_run, trial_name
 log = logging.getLogger("inat")
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
+# A shorter grace would fail trials whose agents are alive but missed a beat or two (a busy node, a
+# slow scratch file system).
+MIN_STALE_AFTER_S = 3 * HEARTBEAT_S
 
 
 class Heartbeat:
@@ -89,8 +92,7 @@ def stale_trials(study, sweep: Sweep, stale_after: float = STALE_AFTER_S, keep: 
     that run's heartbeat is older than its start: the file is the old trial's until the new agent
     first touches it.
     """
-    from optuna.trial import TrialState
-
+    TrialState = trial_states()
     now = storage_now(sweep.dir) if now is None else now
     found = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -109,8 +111,7 @@ def recover_stale(study, storage, sweep: Sweep, stale_after: float = STALE_AFTER
                   keep: int | None = None) -> list[int]:
     """Mark RUNNING trials whose owner stopped beating as FAIL; return their numbers.
     `storage` is the one the study was opened with (see `set_frozen_attr`)."""
-    from optuna.trial import TrialState
-
+    TrialState = trial_states()
     failed = []
     for t, age in stale_trials(study, sweep, stale_after, keep):
         reason = f"no heartbeat for {age:.0f} s (agent {t.user_attrs.get('agent', '?')} killed?)"
@@ -189,6 +190,7 @@ def set_frozen_attr(storage, study, number: int, key: str, value: Any) -> None:
 
 
 def trial_states():
-    from optuna.trial import TrialState
+    """Optuna's TrialState, for modules that must not import Optuna when they are imported."""
+    from optuna.trial import TrialState  # lazy: Optuna, only when a study is at hand
 
     return TrialState

@@ -1,13 +1,10 @@
-"""The air-gapped sweep backend: an Optuna study on shared scratch storage, driven by N agents.
-
-Storage: by default a JournalStorage file, SCRATCH/sweeps/<id>/optuna.journal, with Optuna's
-JournalFileOpenLock (an O_EXCL lock file: atomic on NFSv3+, Lustre, GPFS and BeeGFS, and no symlinks,
-which some mounts forbid). `--storage URL` uses an Optuna RDB (PostgreSQL/MySQL) instead.
+"""The air-gapped sweep backend's agent: an ask/tell loop on the Optuna study of `inat.sweep.study`.
 
 Each agent is an ask/tell loop around train(): a Keras callback reports the sweep metric per epoch
 (step = epoch number) and stops training when the pruner says so. Dead agents and requeued ones are
-handled in `inat.sweep.liveness`. Only Optuna's public API is used (tests/test_sweep_local.py
-scans for private attributes), so an Optuna upgrade cannot silently break the agents.
+handled in `inat.sweep.liveness`, the rows `sweep-status` shows in `inat.sweep.status`. Only
+Optuna's public API is used (tests/sweep/test_sweep_local.py scans for private attributes), so an
+Optuna upgrade cannot silently break the agents.
 """
 
 from __future__ import annotations
@@ -15,85 +12,28 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import layout
+from .. import layout, tracking
 from ..config import RunConfig
 from ..errors import InatError
 from ..fsutil import write_json
 from ..rundir import committed_rows
 from .liveness import (
     HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, requeue, run_dir_of, set_attr,
-    stale_trials, superseded, tell, trial_states,
+    superseded, tell, trial_states,
 )
-from .space import decode, make_pruner, make_sampler, optuna_space
+from .space import decode, optuna_space
 from .spec import SweepSpec
 from .store import Sweep, mark_run, read_trial, trial_name
+from .study import open_study, storage_for
 
 log = logging.getLogger("inat")
 MAX_CONSECUTIVE_FAILURES = 3
-STATE_NAMES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
-               "WAITING": "waiting"}
-
-
-# ---- storage and study ------------------------------------------------------------------------------
-
-
-def storage_for(sweep: Sweep):
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if sweep.storage:
-        return optuna.storages.RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True})
-    path = str(sweep.dir / "optuna.journal")
-    try:
-        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    except ValueError as exc:  # json.JSONDecodeError, or Optuna's "Invalid log format." for a torn line
-        raise InatError(
-            f"{path}: the sweep's Optuna journal is damaged ({exc}); the trial run directories "
-            f"still hold every result: `inat-jobs sweep-report {sweep.id}` reads them without it"
-        ) from None
-
-
-def create_study(sweep: Sweep, spec: SweepSpec) -> None:
-    import optuna
-
-    optuna_space(spec)  # raise now, not in every agent, for forms Optuna cannot express
-    make_sampler(spec, sweep.seed)
-    try:
-        optuna.create_study(study_name=sweep.id, storage=storage_for(sweep),
-                            direction="maximize" if spec.maximize else "minimize")
-    except ImportError as exc:
-        raise InatError(f"--storage {sweep.storage}: missing database driver ({exc})") from None
-    except Exception as exc:
-        if sweep.storage:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InatError(f"--storage {sweep.storage}: cannot create the study ({first})") from None
-        raise
-
-
-def open_study(sweep: Sweep, spec: SweepSpec, agent_id: str = "", storage=None):
-    """The sweep's study; pass `storage` (from `storage_for`) to keep a handle on it for
-    `inat.sweep.liveness.set_frozen_attr`."""
-    import optuna
-
-    epochs = sweep_epochs(sweep, spec)
-    study = optuna.load_study(study_name=sweep.id, storage=storage or storage_for(sweep),
-                              sampler=make_sampler(spec, sweep.seed, agent_id), pruner=make_pruner(spec, epochs))
-    if agent_id:  # an agent's draws depend on how far the sweep had got when it (re)started
-        study.sampler = make_sampler(spec, sweep.seed, agent_id, len(study.get_trials(deepcopy=False)))
-    return study
-
-
-def sweep_epochs(sweep: Sweep, spec: SweepSpec) -> int:
-    p = spec.params.get("epochs")
-    if p is not None and p.distribution != "constant":
-        return int(p.max if p.max is not None else max(int(v) for v in p.values))
-    return RunConfig.from_dict({**sweep.fixed, **spec.constants}).epochs
 
 
 # ---- the agent ----------------------------------------------------------------------------------------
@@ -126,7 +66,7 @@ TrialFn = Callable[[TrialRun], Outcome]
 def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after: float = STALE_AFTER_S,
               trial_fn: TrialFn | None = None, heartbeat_s: float = HEARTBEAT_S) -> dict[str, Any]:
     """Run up to `count` trials (None: until run_cap, the target or the grid ends the sweep)."""
-    from optuna.samplers import GridSampler
+    from optuna.samplers import GridSampler  # lazy: Optuna, when an agent runs
 
     spec = sweep.spec()
     storage = storage_for(sweep)
@@ -168,7 +108,7 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
 
 
 def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartbeat_s) -> str:
-    from optuna.pruners import NopPruner
+    from optuna.pruners import NopPruner  # lazy: Optuna, as above
 
     TrialState = trial_states()
     name = run_dir_of(trial)
@@ -236,12 +176,9 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
 
 def train_trial(tr: TrialRun) -> Outcome:
     """The real trial: train() into the trial's run directory, reporting each epoch to the pruner."""
-    import sys
+    import keras  # lazy: Keras, for the real trial only (tests pass their own trial_fn)
 
-    import keras
-
-    from .. import tracking
-    from ..train import train
+    from ..train import train  # lazy: as above
 
     class Pruning(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -269,58 +206,11 @@ def train_trial(tr: TrialRun) -> Outcome:
     return Outcome(info["best_metric"], result.epochs_done, pruned)
 
 
-# ---- status -------------------------------------------------------------------------------------------
-
-
-def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S,
-               fail_stale: bool = False) -> list[dict[str, Any]]:
-    """One row per trial of the study. Reads only, unless `fail_stale`: then RUNNING trials without a
-    heartbeat for `stale_after` seconds are told FAIL first, as an agent does when it starts.
-    Without it such a trial stays RUNNING and its row gives `stale_s`, the seconds since its last
-    beat (by this node's clock, since judging by the storage's clock would mean writing a probe).
-
-    A requeued agent's killed trial has state "superseded" and `superseded_by`, the trial that
-    resumes its run; that one has `resumes`. `run_dir` is the directory under trials/ of each."""
-    storage = storage_for(sweep)
-    study = open_study(sweep, spec, storage=storage)
-    stale: dict[int, float] = {}
-    if fail_stale:
-        recover_stale(study, storage, sweep, stale_after)
-    else:
-        stale = {t.number: age for t, age in stale_trials(study, sweep, stale_after, now=time.time())}
-    trials = study.get_trials(deepcopy=False)
-    moved_on = superseded(trials)
-    rows = []
-    for t in trials:
-        run_name = run_dir_of(t)
-        value = best_at = None
-        if t.number in moved_on:  # the run directory holds the resuming trial's epochs too
-            epochs, best = t.last_step or 0, _best_reported(t, spec)
-        else:
-            info = read_trial(sweep.trials_dir / run_name, spec.metric, spec.maximize)
-            epochs = max(info["epochs_done"], t.last_step or 0)
-            best = info["best_val_accuracy"] if info["best_val_accuracy"] is not None else _best_reported(t, spec)
-            value, best_at = info["best_metric"], info["best_epoch"]
-        rows.append({
-            "trial": trial_name(t.number), "number": t.number, "run_dir": run_name,
-            "state": "superseded" if t.number in moved_on else STATE_NAMES.get(t.state.name, t.state.name),
-            "epochs_done": epochs, "best_val_accuracy": best,
-            # The run directory's numbers (the rule train() keeps model.keras by); the study's value
-            # is the same number once the trial is told.
-            "value": value if value is not None else t.value, "best_epoch": best_at,
-            "params": decode(spec, t.params), "agent": t.user_attrs.get("agent"),
-            "error": t.user_attrs.get("error"),
-            "stale_s": round(stale[t.number]) if t.number in stale else None,
-            "resumes": t.user_attrs.get("resumes"), "superseded_by": moved_on.get(t.number),
-        })
-    return rows
-
-
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
 def _sweep_done(study, spec: SweepSpec) -> str | None:
-    from optuna.samplers import GridSampler
+    from optuna.samplers import GridSampler  # lazy: Optuna, when an agent runs
 
     trials = study.get_trials(deepcopy=False)
     if spec.run_cap and sum(1 for t in trials if "resumes" not in t.user_attrs) >= spec.run_cap:
@@ -351,8 +241,15 @@ def _history_metric(run_dir: Path, metric: str) -> list[tuple[int, float]]:
     return [(int(r["epoch"]), r[metric]) for r in rows if r.get(metric) == r.get(metric)]  # skips NaN
 
 
+def trials_ended_by(sweep: Sweep, agent_id: str) -> int:
+    """Trials this agent id already took to an end (finished, pruned or failed) in earlier attempts.
 
-
-def _best_reported(t, spec: SweepSpec) -> float | None:
-    values = list(t.intermediate_values.values()) if spec.metric == "val_accuracy" else []
-    return max(values) if values else None
+    A trial it was killed in and that a later attempt resumed in a new trial (superseded) is not one:
+    its run is still that agent's work in progress."""
+    TrialState = trial_states()
+    study = open_study(sweep, sweep.spec(), agent_id)
+    trials = study.get_trials(deepcopy=False)
+    moved_on = superseded(trials)
+    ended = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return sum(1 for t in trials if t.state in ended and t.user_attrs.get("agent") == agent_id
+               and t.number not in moved_on)

@@ -189,7 +189,7 @@ def best_configs(sweep_dir: str | os.PathLike, top_k: int = 1) -> list[Ranked]:
     """
     sweep_dir = Path(sweep_dir)
     spec = load_spec(sweep_dir / "sweep.yaml")
-    rows = [read_trial(d, spec.metric, spec.maximize) for d in _trial_dirs(sweep_dir / "trials")]
+    rows = [read_trial(d, spec.metric, spec.maximize) for d in trial_dirs(sweep_dir / "trials")]
     done = [r for r in rows if r["state"] == "finished" and r["best_metric"] is not None
             and r["config_path"].is_file()]
     done.sort(key=lambda r: r["best_metric"], reverse=spec.maximize)
@@ -205,5 +205,6 @@ def mark_run(run_dir: Path, status: str, **extra: Any) -> None:
     write_json(path, info)
 
 
-def _trial_dirs(trials: Path) -> list[Path]:
+def trial_dirs(trials: Path) -> list[Path]:
+    """The trial run directories under SWEEP/trials/, sorted (none if it is not there yet)."""
     return sorted(d for d in trials.iterdir() if d.is_dir()) if trials.is_dir() else []

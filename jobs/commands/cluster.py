@@ -14,21 +14,19 @@ from inat import layout
 from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
 from inat.figures import WHAT, parse_what
-from inat.sweep import load_sweep
+from inat.sweep import best_configs, load_sweep
 
-from ..cli import app
+from ..app import app
+from ..collect import collect as do_collect
+from ..collect import recent, resolve
+from ..launch import create_sweep
 from ..slurm import jobstate
-from ..slurm.profile import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
-from .run import DataOpt, OutOpt, SetOpt
-from .sweep import AgentsOpt, BackendOpt, SeedOpt, StorageOpt, TrialsPerAgentOpt
-
-TopKOpt = typer.Option(1, "--top-k", "-k", help="Retrain the K best finished trials of the sweep.")
-SeedsOpt = typer.Option(
-    1, "--seeds", help="Seeds per config (seed 0..S-1; the seed also draws the train/val split)."
-)
-EpochsOpt = typer.Option(None, "--epochs", help="Epochs for retraining (default: the trial's).")
-WaitOpt = typer.Option(False, "--wait", help="Block until the jobs end; exit 1 if one failed.")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout.")
+from ..slurm.profile import load_profile, resolve_cluster
+from ..slurm.submit import add_records, run_calls, submit_calls
+from .options import (
+    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, EpochsOpt, ImageOpt, JsonOpt, OutOpt, ProfileOpt,
+    SeedOpt, SeedsOpt, SetOpt, StorageOpt, TopKOpt, TrialsPerAgentOpt, WaitOpt,
+)  # fmt: skip
 
 
 def _check_counts(top_k: int, seeds: int, epochs: Optional[int]) -> None:
@@ -51,10 +49,7 @@ def retrain_best(
     wait: bool = WaitOpt,
 ) -> None:
     """Retrain the sweep's top-K configs x S seeds as one array job, into runs/<sweep_id>-best<k>-seed<s>/."""
-    from inat.sweep import best_configs
-
-    from ..slurm.submit import add_records, run_calls, submit_calls
-    from ..tasks import TrainTask, retrain_plan, write_origin
+    from ..tasks import TrainTask, retrain_plan, write_origin  # lazy: submitit
 
     _check_counts(top_k, seeds, epochs)
     sw = load_sweep(layout.scratch_root(out), sweep_id)
@@ -130,8 +125,7 @@ def pipeline(
 ) -> None:
     """Sweep -> retrain the top K x S seeds -> test -> figures. On Slurm: four chained array jobs, submitted
     at once; with --cluster local: the same stages, one after another, on this machine."""
-    from .. import pipeline as pl
-    from .sweep import create_sweep
+    from .. import pipeline as pl  # lazy: submitit
 
     _check_counts(top_k, seeds, epochs)
     figures = parse_what(what)
@@ -174,8 +168,6 @@ def status(
     json_: bool = JsonOpt,
 ) -> None:
     """The jobs of a pipeline or sweep and their states (from sacct); without an id, the recent ones."""
-    from ..collect import recent, resolve
-
     scratch = layout.scratch_root(out)
     if ident is None:
         targets = [resolve(scratch, item["id"]) for item in recent(scratch)]
@@ -219,9 +211,6 @@ def collect(
 ) -> None:
     """Copy results off scratch: models, test metrics, figures, sweep table, configs, histories, logs of
     failed jobs; never checkpoints. Safe to repeat."""
-    from ..collect import collect as do_collect
-    from ..collect import recent, resolve
-
     scratch = layout.scratch_root(out)
     if ident is None:
         items = recent(scratch, 1)

@@ -10,7 +10,7 @@ import typer
 from inat import layout
 from inat.errors import InatError
 
-from ..cli import app
+from ..app import app
 
 
 @app.command("cache-data")
@@ -26,8 +26,8 @@ def cache_data(
     force: bool = typer.Option(False, "--force", help="Rebuild even if an up-to-date cache exists."),
 ) -> None:
     """Decode and resize every image once into SCRATCH/cache/, which `train` then reads instead of the JPEGs."""
-    from inat.data.cache import describe
-    from inat.data.cache_build import build_cache, check_image_size
+    from inat.data.cache import describe  # lazy: numpy
+    from inat.data.cache_build import build_cache, check_image_size  # lazy: numpy
 
     size = check_image_size(image_size)
     if not data.exists():

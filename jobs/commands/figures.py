@@ -10,11 +10,12 @@ import typer
 from inat import layout
 from inat.errors import InatError
 from inat.figures import WHAT, parse_what
+from inat.figures.report import write_report
 from inat.sweep import find_sweep
 
-from ..cli import app
-from ..slurm.profile import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
-from .run import OutOpt
+from ..app import app
+from ..slurm.submit import maybe_submit
+from .options import ClusterSetOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt
 
 
 @app.command()
@@ -42,17 +43,16 @@ def visualize(
     image: Optional[Path] = ImageOpt,
 ) -> None:
     """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here."""
-    from inat.figures.visualize import visualize as make_figures
-
     names = parse_what(what)  # a typo fails before the model loads
     if max_images < 1:
         raise InatError(f"--max-images {max_images}: must be at least 1")
-    from ..slurm.submit import maybe_submit
-    from ..tasks import visualize_run
+    from ..tasks import visualize_run  # lazy: submitit
 
     args = (names, data and data.resolve(), seed, max_images, pdf)
     if maybe_submit("visualize", run, cluster, profile, cluster_set, image, lambda r: (visualize_run, (r, *args))):
         return
+    from inat.figures.visualize import visualize as make_figures  # lazy: Keras, TensorFlow, matplotlib
+
     for one in run:
         for path in make_figures(one, names, data, seed=seed, max_images=max_images, pdf=pdf):
             typer.echo(f"wrote {path}")
@@ -70,7 +70,7 @@ def sweep_report(
 
     Reads only the trial run directories, so it works offline, for either backend, mid-sweep.
     """
-    from inat.figures.sweep_report import sweep_report as make_report
+    from inat.figures.sweep_report import sweep_report as make_report  # lazy: matplotlib
 
     for path in make_report(sweep_dir(sweep_id, out), pdf=pdf):
         typer.echo(f"wrote {path}")
@@ -81,8 +81,6 @@ def report(
     path: Path = typer.Argument(..., help="A run directory or a sweep directory."),
 ) -> None:
     """Write one self-contained PATH/report.html: metrics, config, history, figures (images embedded)."""
-    from inat.figures.report import write_report
-
     typer.echo(f"wrote {write_report(path)}")
 
 

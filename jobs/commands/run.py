@@ -9,19 +9,13 @@ import typer
 
 from inat import layout
 from inat.config import MODELS, RunConfig
+from inat.data import check_root
 from inat.errors import InatError
+from inat.models import flops, weights
 
-from ..cli import app
-from ..slurm.profile import ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; keys as in `configs/default.yaml`.")
-SetOpt = typer.Option(
-    None, "--set", "-s", help="Override one config key, e.g. --set dropout=0.4 --set kernel_size=[3,5,5,7,7]. Repeatable."
-)
-DataOpt = typer.Option(..., "--data", "-d", help="Dataset root with train/<class>/ and val/<class>/ (val/ is the test set).")
-OutOpt = typer.Option(
-    None, "--out", "-o", help="Scratch root for outputs (default: $INAT_SCRATCH, else $SCRATCH/inat, else ./scratch)."
-)
+from ..app import app
+from ..slurm.submit import maybe_submit
+from .options import ClusterSetOpt, ConfigOpt, DataOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt, SetOpt
 
 
 @app.command()
@@ -45,7 +39,7 @@ def train(
     scratch = layout.scratch_root(out)
     run_dir = layout.runs_dir(scratch) / (run_id or layout.new_id())
     typer.echo(f"run directory: {run_dir}")
-    from inat.train import train as train_run
+    from inat.train import train as train_run  # lazy: Keras and TensorFlow
 
     result = train_run(cfg, run_dir, data, cache_root=layout.cache_dir(scratch) if cache else None)
     typer.echo(
@@ -65,14 +59,14 @@ def test(
     image: Optional[Path] = ImageOpt,
 ) -> None:
     """Evaluate each run's model.keras on the test split; writes RUN/test_metrics.json and predictions.csv."""
-    from ..slurm.submit import maybe_submit
-    from ..tasks import evaluate_run
+    from ..tasks import evaluate_run  # lazy: submitit
 
     if batch_size is not None and batch_size < 1:
         raise InatError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
-    if maybe_submit("test", run, cluster, profile, cluster_set, image, lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))):
+    call = lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))  # noqa: E731
+    if maybe_submit("test", run, cluster, profile, cluster_set, image, call):
         return
-    from inat.evaluate import evaluate, format_table
+    from inat.evaluate import evaluate, format_table  # lazy: Keras and TensorFlow
 
     for run_dir in run:
         metrics = evaluate(run_dir, data, batch_size)
@@ -88,8 +82,7 @@ def model_info(
 ) -> None:
     """Parameters and computations of a config: the closed-form formula next to Keras's own count."""
     cfg = RunConfig.load(config, set_ or [])
-    from inat.models import flops
-    from inat.models.common import make_model
+    from inat.models.common import make_model  # lazy: Keras
 
     model = make_model(cfg.replace(weights="none"), classes)
     keras_params = model.count_params()
@@ -111,8 +104,6 @@ def fetch_weights(
     ),
 ) -> None:
     """Download the ImageNet no-top weights into the Keras cache ($KERAS_HOME/models). Run where there is internet."""
-    from inat.models import weights
-
     names = models_ or list(MODELS[1:])
     for name in names:
         if name not in MODELS[1:]:
@@ -130,7 +121,7 @@ def make_demo_data(
     overwrite: bool = typer.Option(False, help="Replace an existing non-empty directory."),
 ) -> None:
     """Write a small learnable synthetic dataset with the 10 iNaturalist class names."""
-    from inat.data.demo import make_demo_data as make
+    from inat.data.demo import make_demo_data as make  # lazy: numpy and PIL
 
     path = make(root, n_train_per_class=train_per_class, n_test_per_class=test_per_class, seed=seed, overwrite=overwrite)
     typer.echo(f"demo data: {path}")
@@ -140,6 +131,4 @@ def _check_data_root(data: Path) -> None:
     """The layout checks of `discover`, before TensorFlow loads or a run directory is made."""
     if not data.exists():
         raise InatError(f"--data {data}: directory not found")
-    from inat.data.splits import check_root
-
     check_root(data)

@@ -1,13 +1,9 @@
-"""Sweep commands: launch-sweep, agent, sweep-status. The work is in inat.sweep*; this is the CLI."""
+"""Sweep commands: launch-sweep, agent, sweep-status. The work is in inat.sweep; this is the CLI."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,39 +13,22 @@ import typer
 import yaml
 
 from inat import layout
-from inat.config import parse_overrides
+from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
-from inat.sweep import BACKENDS, Sweep, best_configs, load_sweep, new_sweep, read_trial
-from inat.sweep.liveness import HEARTBEAT_S, STALE_AFTER_S
-from inat.sweep.space import optuna_space
-from inat.sweep.spec import load_spec
+from inat.sweep import best_configs, load_sweep, wandb_backend
+from inat.sweep.liveness import HEARTBEAT_S, MIN_STALE_AFTER_S
+from inat.sweep.local import run_agent
+from inat.sweep.status import run_dir_rows, trial_rows
 
-from ..cli import app
-from ..slurm.profile import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, load_profile, resolve_cluster
-from .run import DataOpt, OutOpt, SetOpt
-
-# A shorter grace would fail trials whose agents are alive but missed a beat or two (a busy node, a
-# slow scratch file system).
-MIN_STALE_AFTER_S = 3 * HEARTBEAT_S
-
-# The sweep options of launch-sweep, which `pipeline` takes too.
-AgentsOpt = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start.")
-TrialsPerAgentOpt = typer.Option(
-    None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."
-)
-BackendOpt = typer.Option(
-    "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server. "
-    "method bayes is TPE in local, a Gaussian process in wandb."
-)
-StorageOpt = typer.Option(
-    None, "--storage", help="Optuna RDB URL (e.g. postgresql://...) instead of the journal file (local backend)."
-)
-SeedOpt = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it).")
-StaleOpt = typer.Option(
-    STALE_AFTER_S, "--stale-after",
-    help=f"Seconds without a heartbeat after which a running trial counts as dead (local backend; at least "
-    f"{MIN_STALE_AFTER_S:.0f}, 3 heartbeat intervals).",
-)
+from .. import agents as local_agents
+from ..app import app
+from ..launch import check_bounded, create_sweep
+from ..slurm.profile import load_profile, resolve_cluster
+from ..slurm.submit import submit_agents
+from .options import (
+    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, ImageOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt,
+    StaleOpt, StorageOpt, TrialsPerAgentOpt,
+)  # fmt: skip
 
 
 @app.command("launch-sweep")
@@ -85,70 +64,26 @@ def launch_sweep(
     if backend == "wandb":
         say(f"W&B sweep: {sw.wandb_sweep}")
     if cluster == "slurm":
-        from ..slurm.submit import submit_agents
-
         try:
             job_ids = submit_agents(sw.dir, agents, trials_per_agent, profile=profile)
         except BaseException:
             shutil.rmtree(sw.dir, ignore_errors=True)  # a sweep nobody works on would only confuse
             raise
         say(f"submitted {agents} agent(s): job id(s) {', '.join(job_ids)}")
-        procs = []
+        started = []
     else:
-        procs = _start_local_agents(sw, agents, trials_per_agent)
-        job_ids = [str(p.pid) for p in procs]
-        say(f"started {agents} local agent(s): pids {', '.join(job_ids)}; logs: {sw.agents_dir}/agent-*.log")
+        started = local_agents.start_local(sw, agents, trials_per_agent)
+        job_ids = [str(a.proc.pid) for a in started]
+        say(f"started {agents} local agent(s): pids {', '.join(job_ids)}; logs: {local_agents.logs_glob(sw)}")
     say(f"outputs: {sw.dir} (trials/<trial>/ is one run directory per trial)")
     say(f"watch:   inat-jobs sweep-status {sw.id}" + (f" --out {sw.scratch_root}" if out else ""))
-    failed = _wait(procs, sw, say) if wait else []
+    failed = local_agents.wait(started, say) if wait else []
     if json_:
         typer.echo(json.dumps({"sweep_id": sw.id, "job_ids": job_ids, "out": str(sw.dir)}))
     if failed:
-        print(f"inat-jobs: error: agent(s) {', '.join(failed)} failed; see their logs in {sw.agents_dir}",
-              file=sys.stderr)
+        names = ", ".join(a.exit_text() for a in failed)
+        print(f"inat-jobs: error: agent(s) {names} failed; see their logs in {sw.agents_dir}", file=sys.stderr)
         raise typer.Exit(1)
-
-
-def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], backend: str, data: Path,
-                 out: Optional[Path], set_: Optional[List[str]], storage: Optional[str], seed: int):
-    """Validate the launch options, then create SCRATCH/sweeps/ID/ and its study; returns (Sweep, SweepSpec)."""
-    if agents < 1:
-        raise ConfigError(f"--agents {agents}: expected an integer >= 1")
-    if trials_per_agent is not None and trials_per_agent < 1:
-        raise ConfigError(f"--trials-per-agent {trials_per_agent}: expected an integer >= 1")
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend!r} is invalid; allowed: {', '.join(BACKENDS)}")
-    if storage and backend != "local":
-        raise ConfigError("--storage is for --backend local (W&B keeps the sweep on its server)")
-    fixed = parse_overrides(set_ or [])
-    spec = load_spec(sweep, fixed)
-    spec.check_overrides(fixed)
-    if backend == "local":
-        optuna_space(spec)
-        _check_bounded(spec, trials_per_agent, "--trials-per-agent")
-    else:
-        from inat.sweep import wandb_backend
-
-        wandb_backend.preflight()
-    if not data.is_dir():
-        raise InatError(f"--data {data}: directory not found")
-    if not spec.metric.startswith("val_"):
-        # Validation exists to rank configs; the training set rewards whatever memorises it best.
-        typer.echo(f"warning: {sweep}: metric {spec.metric} is measured on the training set, so the sweep "
-                   f"tunes on the data it trains on; val_{spec.metric} ranks on the held-out split", err=True)
-
-    sw, spec = new_sweep(layout.scratch_root(out), sweep, backend, data, fixed, storage, seed)
-    try:
-        if backend == "local":
-            from inat.sweep.local import create_study
-
-            create_study(sw, spec)
-        else:
-            wandb_backend.create(sw, spec)
-    except BaseException:
-        shutil.rmtree(sw.dir, ignore_errors=True)
-        raise
-    return sw, spec
 
 
 @app.command()
@@ -168,17 +103,11 @@ def agent(
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     if count is not None and count < 1:
         raise ConfigError(f"--count {count}: expected an integer >= 1")
-    agent_id = agent_id or _default_agent_id()
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", agent_id):
-        raise ConfigError(f"--agent-id {agent_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    agent_id = local_agents.check_agent_id(agent_id or local_agents.default_agent_id())
     if sw.backend == "wandb":
-        from inat.sweep import wandb_backend
-
         wandb_backend.run_agent(sw, count)
         return
-    from inat.sweep.local import run_agent
-
-    _check_bounded(sw.spec(), count, "--count")
+    check_bounded(sw.spec(), count, "--count")
     result = run_agent(sw, agent_id, count, stale_after)
     typer.echo(f"{agent_id}: ran trials {', '.join(map(str, result['trials'])) or 'none'} ({result['stop_reason']})")
 
@@ -204,13 +133,11 @@ def sweep_status(
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     spec = sw.spec()
     if sw.backend == "local":
-        from inat.sweep.local import trial_rows
-
         rows = trial_rows(sw, spec, stale_after, fail_stale=fail_stale)
     elif fail_stale:
         raise ConfigError("--fail-stale is for --backend local (W&B's server keeps its runs' states)")
     else:
-        rows = _rows_from_run_dirs(sw, spec)
+        rows = run_dir_rows(sw, spec)
     counts = Counter(r["state"] for r in rows)
     best = best_configs(sw.dir, 1)
     best_out = None
@@ -265,8 +192,6 @@ def _check_stale_after(seconds: float) -> None:
 
 def _save_best_config(path: Path, cfg) -> str | None:
     """Write best_config.yaml (atomically) unless it already holds `cfg`; None if it cannot be written."""
-    from inat.config import RunConfig
-
     try:
         if path.is_file() and RunConfig.load(path) == cfg:
             return str(path)
@@ -278,65 +203,3 @@ def _save_best_config(path: Path, cfg) -> str | None:
         print(f"inat-jobs: warning: {exc}; the best config is only printed", file=sys.stderr)
         return None
     return str(path)
-
-
-def _check_bounded(spec, count: int | None, flag: str) -> None:
-    if count is None and not spec.run_cap and spec.method != "grid":
-        raise ConfigError(f"{spec.path}: no run_cap and not a grid search, so the agents would never stop; "
-                          f"pass {flag} N or add run_cap to the sweep file")
-
-
-def _default_agent_id() -> str:
-    if os.environ.get("SLURM_ARRAY_TASK_ID"):
-        return f"agent-{os.environ['SLURM_ARRAY_TASK_ID']}"
-    if os.environ.get("SLURM_JOB_ID"):
-        return f"agent-{os.environ['SLURM_JOB_ID']}"
-    return f"agent-{os.uname().nodename.split('.')[0]}-{os.getpid()}"
-
-
-def _start_local_agents(sw: Sweep, n: int, count: int | None) -> list[subprocess.Popen]:
-    sw.agents_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[2])  # so `python -m jobs` works from a checkout too
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
-    procs = []
-    for i in range(n):
-        agent_id = f"agent-{i}"
-        cmd = [sys.executable, "-m", "jobs", "agent", "--sweep-id", sw.id, "--out", str(sw.scratch_root),
-               "--agent-id", agent_id]
-        if count is not None:
-            cmd += ["--count", str(count)]
-        with open(sw.agents_dir / f"{agent_id}.log", "ab") as logfile:
-            procs.append(subprocess.Popen(cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True))
-    return procs
-
-
-def _wait(procs: list[subprocess.Popen], sw: Sweep, say) -> list[str]:
-    try:
-        codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:  # they run in their own sessions: Ctrl-C does not reach them by itself
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        raise
-    failed = [f"agent-{i} (exit {c})" for i, c in enumerate(codes) if c != 0]
-    say(f"agents finished: {len(procs) - len(failed)} ok, {len(failed)} failed")
-    return failed
-
-
-def _rows_from_run_dirs(sw: Sweep, spec) -> list[dict]:
-    from inat.config import RunConfig
-
-    rows = []
-    for d in sorted(p for p in sw.trials_dir.glob("*") if p.is_dir()):
-        info = read_trial(d, spec.metric, spec.maximize)
-        params = {}
-        if info["config_path"].is_file():
-            cfg = RunConfig.load(info["config_path"]).to_dict()
-            params = {k: cfg[k] for k in spec.swept if k in cfg}
-        rows.append({"trial": d.name, "state": info["state"], "epochs_done": info["epochs_done"],
-                     "best_val_accuracy": info["best_val_accuracy"], "value": info["best_metric"],
-                     "best_epoch": info["best_epoch"],
-                     "params": params, "error": None})
-    return rows

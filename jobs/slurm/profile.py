@@ -37,6 +37,7 @@ from typing import Any, Iterable
 
 import typer
 
+from inat import layout
 from inat.config import load_yaml_mapping, parse_overrides
 from inat.errors import ConfigError
 
@@ -299,8 +300,6 @@ def job_python(profile: ClusterProfile, folder: Path | None = None) -> str:
     image = profile.image or (None if profile.python else os.environ.get("INAT_IMAGE"))
     if not image:
         return profile.python or shlex.quote(sys.executable)
-    from inat import layout
-
     scratch = next((p.parent for p in [folder, *folder.parents] if p.name == "jobs"), None) if folder else None
     binds = ",".join(filter(None, [str(scratch or layout.scratch_root()), os.environ.get("INAT_BIND")]))
     # --nv unless the job asks for no GPU: without GPUs apptainer only warns, but a GPU job without
@@ -312,7 +311,7 @@ def job_python(profile: ClusterProfile, folder: Path | None = None) -> str:
 
 def make_executor(profile: ClusterProfile, folder: Path, job_name: str, dependency: str | None = None):
     """A submitit SlurmExecutor for one submission (one job or one array) of a stage."""
-    from submitit import SlurmExecutor
+    from submitit import SlurmExecutor  # lazy: submitit, only when submitting
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -326,7 +325,7 @@ def make_executor(profile: ClusterProfile, folder: Path, job_name: str, dependen
 def sbatch_text(profile: ClusterProfile, stage: str, folder: Path, n_tasks: int = 1,
                 dependency: str | None = None) -> str:
     """The sbatch script submitit writes for one submission of `stage` (for review and golden tests)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+    from submitit.slurm.slurm import _make_sbatch_string  # lazy: submitit, only when submitting
 
     prof = profile.for_stage(stage)
     params = slurm_parameters(prof, f"inat-{stage}", dependency)

@@ -26,7 +26,7 @@ from inat.errors import InatError
 from inat.fsutil import read_json, write_json
 from inat.rundir import require_model
 
-from .profile import ClusterProfile, load_profile, make_executor
+from .profile import ClusterProfile, load_profile, make_executor, resolve_cluster
 
 log = logging.getLogger("inat")
 Call = tuple[Callable[..., Any], tuple]
@@ -101,7 +101,7 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
     options: profile (ClusterProfile; default: $INAT_CLUSTER_PROFILE or Slurm's defaults),
     dependency (an sbatch --dependency string).
     """
-    from ..tasks import AgentTask
+    from ..tasks import AgentTask  # lazy: submitit
 
     sweep_dir = Path(sweep_dir)
     profile = options.get("profile") or load_profile()
@@ -133,8 +133,6 @@ def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_
                  make_call: Callable[[Path], Call]) -> bool:
     """For `test`/`visualize --cluster ...`: submit one array over `runs` and say so; False when the
     work should run in this process instead (no --cluster, or it resolved to local)."""
-    from .profile import resolve_cluster
-
     if cluster is None or resolve_cluster(cluster) == "local":
         return False
     profile = load_profile(profile_path, cluster_set or [], image)

@@ -1,0 +1,98 @@
+"""Sweep agents by name: the one agent id rule, and agents run as local processes.
+
+An agent's id is stable across restarts (a requeued Slurm task, a local agent started again), so a
+restarted agent finds its unfinished trial in SWEEP/agents/<agent id>.json and resumes it. Agent
+number i, a local agent or Slurm array task i, is `agent_id(i)`: agent-<i>.
+
+With `--cluster local`, `launch-sweep` and `pipeline` start the agents as `python -m jobs agent`
+processes, each in its own session, with its output in SWEEP/agents/<agent id>.log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from inat.errors import ConfigError
+from inat.sweep import Sweep
+
+AGENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def agent_id(index: int | str) -> str:
+    """The id of agent `index`: a local agent's number, a Slurm array task id, or another stable name."""
+    return f"agent-{index}"
+
+
+def default_agent_id() -> str:
+    """`agent --agent-id`'s default: the Slurm array task's agent, else the job's, else this process's."""
+    for var in ("SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID"):
+        if os.environ.get(var):
+            return agent_id(os.environ[var])
+    return agent_id(f"{os.uname().nodename.split('.')[0]}-{os.getpid()}")
+
+
+def check_agent_id(value: str) -> str:
+    if not AGENT_ID.fullmatch(value):
+        raise ConfigError(f"--agent-id {value!r}: use 1-64 letters, digits, '.', '_' or '-'")
+    return value
+
+
+def log_path(sweep: Sweep, agent: str) -> Path:
+    """Where a local agent's output goes: SWEEP/agents/<agent id>.log."""
+    return sweep.agents_dir / f"{agent}.log"
+
+
+def logs_glob(sweep: Sweep) -> str:
+    """SWEEP/agents/agent-*.log, to tell users where the local agents' logs are."""
+    return str(log_path(sweep, agent_id("*")))
+
+
+@dataclass
+class LocalAgent:
+    id: str
+    proc: subprocess.Popen
+
+    def exit_text(self) -> str:
+        return f"{self.id} (exit {self.proc.returncode})"
+
+
+def start_local(sweep: Sweep, n: int, count: int | None) -> list[LocalAgent]:
+    """Start agents 0..n-1 of `sweep` as processes of this machine, each running up to `count` trials."""
+    sweep.agents_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    repo = str(Path(__file__).resolve().parents[1])  # so `python -m jobs` works from a checkout too
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    started = []
+    for i in range(n):
+        name = agent_id(i)
+        cmd = [sys.executable, "-m", "jobs", "agent", "--sweep-id", sweep.id, "--out", str(sweep.scratch_root),
+               "--agent-id", name]
+        if count is not None:
+            cmd += ["--count", str(count)]
+        with open(log_path(sweep, name), "ab") as logfile:
+            started.append(LocalAgent(name, subprocess.Popen(
+                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True)))
+    return started
+
+
+def wait(agents: list[LocalAgent], say: Callable[[str], None]) -> list[LocalAgent]:
+    """Wait for every agent to exit; returns the ones that failed. Ctrl-C stops them too."""
+    try:
+        for agent in agents:
+            agent.proc.wait()
+    except KeyboardInterrupt:
+        for agent in agents:  # they run in their own sessions: Ctrl-C does not reach them by itself
+            if agent.proc.poll() is None:
+                os.killpg(agent.proc.pid, signal.SIGTERM)
+        raise
+    failed = [a for a in agents if a.proc.returncode != 0]
+    say(f"agents finished: {len(agents) - len(failed)} ok, {len(failed)} failed")
+    return failed

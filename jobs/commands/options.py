@@ -1,0 +1,61 @@
+"""The typer options that more than one command takes, defined once so that their flags, defaults
+and help read the same everywhere.
+
+The cluster options (--cluster, --profile, --cluster-set, --image) are defined with the cluster
+profile they fill, in `jobs.slurm.profile`, and listed here with the others.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from inat.sweep.liveness import MIN_STALE_AFTER_S, STALE_AFTER_S
+
+from ..slurm.profile import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
+
+__all__ = [
+    "AgentsOpt", "BackendOpt", "ClusterOpt", "ClusterSetOpt", "ConfigOpt", "DataOpt", "EpochsOpt", "ImageOpt",
+    "JsonOpt", "OutOpt", "ProfileOpt", "RunsClusterOpt", "SeedOpt", "SeedsOpt", "SetOpt", "StaleOpt",
+    "StorageOpt", "TopKOpt", "TrialsPerAgentOpt", "WaitOpt",
+]
+
+# ---- runs -------------------------------------------------------------------------------------------
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML run config; keys as in `configs/default.yaml`.")
+SetOpt = typer.Option(
+    None, "--set", "-s", help="Override one config key, e.g. --set dropout=0.4 --set kernel_size=[3,5,5,7,7]. Repeatable."
+)
+DataOpt = typer.Option(..., "--data", "-d", help="Dataset root with train/<class>/ and val/<class>/ (val/ is the test set).")
+OutOpt = typer.Option(
+    None, "--out", "-o", help="Scratch root for outputs (default: $INAT_SCRATCH, else $SCRATCH/inat, else ./scratch)."
+)
+
+# ---- sweeps: launch-sweep's options, which `pipeline` takes too ----------------------------------------
+
+AgentsOpt = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start.")
+TrialsPerAgentOpt = typer.Option(
+    None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."
+)
+BackendOpt = typer.Option(
+    "local", "--backend", help="local: Optuna on scratch storage (air-gapped); wandb: W&B's server. "
+    "method bayes is TPE in local, a Gaussian process in wandb."
+)
+StorageOpt = typer.Option(
+    None, "--storage", help="Optuna RDB URL (e.g. postgresql://...) instead of the journal file (local backend)."
+)
+SeedOpt = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it).")
+StaleOpt = typer.Option(
+    STALE_AFTER_S, "--stale-after",
+    help=f"Seconds without a heartbeat after which a running trial counts as dead (local backend; at least "
+    f"{MIN_STALE_AFTER_S:.0f}, 3 heartbeat intervals).",
+)
+
+# ---- retraining: retrain-best's options, which `pipeline` takes too ----------------------------------------
+
+TopKOpt = typer.Option(1, "--top-k", "-k", help="Retrain the K best finished trials of the sweep.")
+SeedsOpt = typer.Option(
+    1, "--seeds", help="Seeds per config (seed 0..S-1; the seed also draws the train/val split)."
+)
+EpochsOpt = typer.Option(None, "--epochs", help="Epochs for retraining (default: the trial's).")
+WaitOpt = typer.Option(False, "--wait", help="Block until the jobs end; exit 1 if one failed.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout.")
