@@ -1,10 +1,13 @@
-"""The commands of `inat-jobs`, one module per group; importing a module registers its commands on
-`jobs.app.app` (`jobs.cli` imports them all).
+"""The commands of `inat-jobs`, one module per group. Importing a module registers its commands on
+`jobs.app.app`; `jobs.cli` imports them all. Nothing is exported: the commands are the API.
 
   run        train, test, model-info, fetch-weights, make-demo-data
   data       cache-data
   figures    visualize, sweep-report, report
   sweep      launch-sweep, agent, sweep-status
   cluster    retrain-best, pipeline, status, collect
-  options    the typer options several commands share
+  options    the typer options several commands take
+
+A command module imports no other command module; what two of them share lives beside them in
+`jobs` (launch, agents, collect, pipeline, slurm) or in `inat`.
 """
