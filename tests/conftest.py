@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny synthetic data, one tiny trained run, and where the real photos are."""
+"""Shared fixtures and helpers: tiny synthetic data, one tiny trained run, a local sweep with stand-in
+trials, and where the real photos are."""
 
 from __future__ import annotations
 
@@ -75,3 +76,55 @@ def trained_run(tmp_path_factory, demo_data, tiny_cfg) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_cfg, run_dir, demo_data, verbose=0)
     return run_dir
+
+
+# ---- a local-backend sweep whose trials are a stand-in function (no TensorFlow) ----------------------
+
+LOCAL_SPEC = """
+method: bayes
+metric: {name: val_accuracy, goal: maximize}
+early_terminate: {type: hyperband, min_iter: 1, eta: 2}
+parameters:
+  kernel_size: {values: [[3, 3, 3, 3, 3], [5, 5, 5, 5, 5]]}
+  dropout: {min: 0.0, max: 0.5}
+  learning_rate: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
+"""
+
+
+def empty_dataset(tmp_path):
+    """A dataset root as new_sweep checks it (train/ and val/); stand-in trials never read images."""
+    for sub in ("train", "val"):
+        (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
+
+
+def make_sweep(tmp_path, spec_text=LOCAL_SPEC, fixed=None):
+    """A local-backend sweep of `spec_text` under TMP/scratch, with its study, on an empty dataset."""
+    from inat.sweep import new_sweep
+    from inat.sweep.study import create_study
+
+    empty_dataset(tmp_path)
+    (tmp_path / "s.yaml").write_text(spec_text)
+    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data",
+                            fixed or {"epochs": 6})
+    create_study(sweep, spec)
+    return sweep
+
+
+def fake_trial(tr):
+    """Learning curve = dropout + 0.01 * epoch, written like train() would write it."""
+    from inat.fsutil import write_csv, write_json
+    from inat.sweep.local import Outcome
+
+    tr.run_dir.mkdir(parents=True, exist_ok=True)
+    rows, best = [], None
+    for epoch in range(1, tr.config.epochs + 1):
+        value = tr.config.dropout + 0.01 * epoch
+        best = value if best is None else max(best, value)
+        rows.append([epoch, 1.0, 0.5, 1.0, value, 0.01])
+        write_csv(tr.run_dir / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"], rows)
+        tr.config.save(tr.run_dir / "config.yaml")
+        if tr.report(epoch, value):
+            write_json(tr.run_dir / "run.json", {"status": "stopped"})
+            return Outcome(best, epoch, True)
+    write_json(tr.run_dir / "run.json", {"status": "completed"})
+    return Outcome(best, tr.config.epochs, False)

@@ -33,7 +33,7 @@ class Preprocess(layers.Layer):
 
     A Lambda layer would also work but can only be reloaded with `safe_mode=False`. The two modes
     are Keras's: "tf" scales [0, 255] to [-1, 1] (Inception*, Xception); "caffe" flips RGB to BGR and
-    subtracts the ImageNet channel means (ResNet50). tests/test_models.py checks both against Keras.
+    subtracts the ImageNet channel means (ResNet50). tests/models/test_models.py checks both against Keras.
     """
 
     CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)

@@ -48,7 +48,7 @@ class WeightFile:
 
 
 # File names and md5 hashes as passed to `get_file` in keras/src/applications/*.py (include_top=False
-# branch); tests/test_weights.py checks them against the installed Keras source.
+# branch); tests/models/test_weights.py checks them against the installed Keras source.
 WEIGHT_FILES: dict[str, WeightFile] = {
     "inceptionv3": WeightFile(
         "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",

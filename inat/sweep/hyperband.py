@@ -1,7 +1,7 @@
 """W&B's hyperband early termination as one Optuna pruner, so both backends stop the same runs.
 
 This is the rule of W&B's sweep engine (`hyperband_stop_runs` in the `sweeps` package, 0.2.0),
-written out again because the engine is not a dependency of the package; tests/test_hyperband_oracle.py
+written out again because the engine is not a dependency of the package; tests/sweep/test_hyperband_oracle.py
 runs both on the same learning curves and requires the same decisions.
 
 A run's history is its metric values in step order, non-finite values dropped, negated when the goal

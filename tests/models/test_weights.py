@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from inat.models import weights
 from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
@@ -155,7 +156,7 @@ def test_weights_module_does_not_import_keras():
         "import sys; import inat.models.weights, inat.models.flops; "
         "print('keras' in sys.modules or 'tensorflow' in sys.modules)"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, one_error_line, run_cli
+from conftest import REPO, fake_trial, make_sweep, one_error_line, run_cli
 from inat.config import RunConfig
 from inat.fsutil import read_json
 
@@ -121,7 +121,7 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     assert (sweep_dir / "sweep.yaml").read_text() == sweep.read_text()
     meta = read_json(sweep_dir / "sweep.json")
     assert meta["backend"] == "local" and meta["fixed"]["epochs"] == 4 and meta["data_root"] == str(data)
-    # The agents share one decoded-image cache under SCRATCH/cache (see tests/test_cache.py).
+    # The agents share one decoded-image cache under SCRATCH/cache (see tests/data/test_cache.py).
     manifests = list((scratch / "cache").glob("*/32px/manifest.json"))
     assert len(manifests) == 1 and len(read_json(manifests[0])["files"]) == 10 * 8
 
@@ -185,7 +185,6 @@ def _snapshot(root):
 def test_sweep_status_only_reads_unless_told_to_fail_stale_trials(tmp_path):
     import optuna
     from optuna.trial import TrialState
-    from test_sweep_local import fake_trial, make_sweep
 
     from inat.fsutil import write_json
     from inat.sweep.local import run_agent
@@ -230,8 +229,6 @@ def test_sweep_status_only_reads_unless_told_to_fail_stale_trials(tmp_path):
 
 @pytest.mark.parametrize("command", ["sweep-status", "agent"])
 def test_stale_after_below_three_heartbeats_is_refused(tmp_path, command):
-    from test_sweep_local import make_sweep
-
     sweep = make_sweep(tmp_path)
     before = _snapshot(sweep.dir)
     args = [sweep.id] if command == "sweep-status" else ["--sweep-id", sweep.id, "--count", "1"]

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO, SHARED_DATA
 from inat import data
 from inat.data import Splits, check_images, describe, discover, drop_bad_images, make_dataset
 from inat.data.splits import _n_val
@@ -23,7 +24,6 @@ from inat.errors import DataError
 # Fixtures live here rather than in conftest.py: they serve this file only.
 
 # The repo is checked out as <dir>/main (or a worktree beside it) with <dir>/shared next to it.
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY_CLASSES = {"alpha": (255, 0, 0), "beta": (0, 255, 0), "gamma": (0, 0, 255)}
 TINY_TRAIN = {"alpha": 10, "beta": 7, "gamma": 4}
@@ -88,7 +88,7 @@ def jpeg_bytes(size=(64, 48), seed=0, quality=90) -> bytes:
 
 def test_import_does_not_load_tensorflow():
     code = "import sys, inat.data, inat.data.demo; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_discover_finds_mixed_case_extensions(tiny_dataset):

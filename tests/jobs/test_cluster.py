@@ -23,7 +23,7 @@ from jobs.slurm import jobstate
 from jobs.slurm import profile as cluster
 from jobs.collect import collect, resolve
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = REPO / "tests" / "golden"
 CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
 EXAMPLE_PROFILE = REPO / "configs" / "clusters" / "example.yaml"
 
@@ -178,7 +178,7 @@ GOLDEN_CASES = {
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_generated_sbatch_scripts_match_golden_files(name, monkeypatch):
-    """Regenerate after an intended change: INAT_UPDATE_GOLDEN=1 pytest tests/test_cluster.py -k golden"""
+    """Regenerate after an intended change: INAT_UPDATE_GOLDEN=1 pytest tests/jobs/test_cluster.py -k golden"""
     monkeypatch.delenv("INAT_IMAGE", raising=False)
     path, overrides, stage, n, dependency = GOLDEN_CASES[name]
     profile = cluster.load_profile(path, overrides)

@@ -10,55 +10,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from conftest import LOCAL_SPEC as SPEC
+from conftest import REPO, empty_dataset, fake_trial, make_sweep
 from inat.config import RunConfig
 from inat.fsutil import read_json, write_csv, write_json
 from inat.sweep import best_configs, load_sweep, new_sweep, trial_name
 from inat.sweep.local import Outcome, run_agent
 from inat.sweep.status import trial_rows
 from inat.sweep.study import create_study, open_study, storage_for
-
-SPEC = """
-method: bayes
-metric: {name: val_accuracy, goal: maximize}
-early_terminate: {type: hyperband, min_iter: 1, eta: 2}
-parameters:
-  kernel_size: {values: [[3, 3, 3, 3, 3], [5, 5, 5, 5, 5]]}
-  dropout: {min: 0.0, max: 0.5}
-  learning_rate: {distribution: log_uniform_values, min: 1.0e-4, max: 1.0e-2}
-"""
-
-
-def empty_dataset(tmp_path):
-    """A dataset root as new_sweep checks it (train/ and val/); stand-in trials never read images."""
-    for sub in ("train", "val"):
-        (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
-
-
-def make_sweep(tmp_path, spec_text=SPEC, fixed=None):
-    empty_dataset(tmp_path)
-    (tmp_path / "s.yaml").write_text(spec_text)
-    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data",
-                            fixed or {"epochs": 6})
-    create_study(sweep, spec)
-    return sweep
-
-
-def fake_trial(tr):
-    """Learning curve = dropout + 0.01 * epoch, written like train() would write it."""
-    tr.run_dir.mkdir(parents=True, exist_ok=True)
-    rows, best = [], None
-    for epoch in range(1, tr.config.epochs + 1):
-        value = tr.config.dropout + 0.01 * epoch
-        best = value if best is None else max(best, value)
-        rows.append([epoch, 1.0, 0.5, 1.0, value, 0.01])
-        write_csv(tr.run_dir / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"], rows)
-        tr.config.save(tr.run_dir / "config.yaml")
-        if tr.report(epoch, value):
-            write_json(tr.run_dir / "run.json", {"status": "stopped"})
-            return Outcome(best, epoch, True)
-    write_json(tr.run_dir / "run.json", {"status": "completed"})
-    return Outcome(best, tr.config.epochs, False)
-
 
 def test_agent_runs_trials_prunes_and_records_them(tmp_path):
     sweep = make_sweep(tmp_path)
@@ -311,9 +270,8 @@ def test_a_stale_resumed_trial_fails_its_run_directory(tmp_path):
 def test_no_private_optuna_api():
     """Private Optuna attributes change between releases; the sweep code uses only public API."""
     import re
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     private = re.compile(r"\._trial_id\b|\._study_id\b|\._storage\b|\boptuna\.trial\.Trial\(|\btrial\.Trial\(")
     imports_trial = re.compile(r"from optuna\.trial import [^\n]*\bTrial\b")  # then Trial(...) is Optuna's
     found = []
