@@ -1,11 +1,11 @@
-"""inat.rundir: the one history reader and the rule that picks a run's best epoch."""
+"""inat.rundir: the one history reader, the rule that picks a run's best epoch, and the run's lock."""
 
 import math
 
 import pytest
 
 from inat.config import RunConfig
-from inat.errors import ConfigError
+from inat.errors import ConfigError, InatError
 from inat.fsutil import write_json
 from inat.rundir import best_epoch, best_model_path, committed_rows
 
@@ -54,3 +54,76 @@ def test_monitor_keys():
         RunConfig.from_dict({"monitor": "val_f1"})
     with pytest.raises(ConfigError, match="key 'monitor_goal' = 'up' is invalid"):
         RunConfig.from_dict({"monitor_goal": "up"})
+
+
+# ---- the run's lock ---------------------------------------------------------------------------------
+
+
+def test_a_run_locked_by_another_process_is_refused(tmp_path):
+    """A real second process holds the run's lock: only then is it "another process"."""
+    import subprocess
+    import sys
+
+    from inat.rundir import exclusive
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         f"fh = open({str(run_dir / '.lock')!r}, 'a+')\n"
+         "fcntl.flock(fh, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InatError, match="another process is training this run right now"):
+            with exclusive(run_dir):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive(run_dir):  # the holder is gone: the lock is free again
+        pass
+
+
+@pytest.mark.parametrize("name", ["ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS"])
+def test_a_file_system_without_locks_is_named_not_blamed_on_another_process(tmp_path, monkeypatch, name):
+    """Lustre mounted without flock, NFS without a lock daemon: flock() fails, but nobody holds it."""
+    import errno
+    import fcntl
+    import os
+
+    from inat.rundir import exclusive
+
+    code = getattr(errno, name)
+
+    def no_locks(fd, operation):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(InatError) as err:
+        with exclusive(run_dir):
+            pytest.fail("trained without a lock")
+    message = str(err.value)
+    assert "another process" not in message
+    assert message.startswith(f"{run_dir}: the file system holding this run does not support file locks")
+    assert os.strerror(code) in message and "-o flock" in message and "--out" in message
+    assert "\n" not in message
+
+
+def test_any_other_lock_error_is_not_blamed_on_another_process(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from inat.rundir import exclusive
+
+    def broken(fd, operation):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fcntl, "flock", broken)
+    (tmp_path / "run").mkdir()
+    with pytest.raises(InatError, match=r"run: cannot lock .*\.lock: Input/output error") as err:
+        with exclusive(tmp_path / "run"):
+            pass
+    assert "another process" not in str(err.value)
