@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import TINY
-from inat.sweep import wandb_backend as sweep_wandb
+from inat.sweep import wandb_backend
 from inat.config import RunConfig
 from inat.errors import InatError
 from inat.fsutil import read_json
@@ -56,7 +56,7 @@ def test_create_registers_the_file_unchanged(monkeypatch, wandb_sweep):
     monkeypatch.setattr(wandb, "sweep", fake_sweep)
     monkeypatch.setenv("WANDB_PROJECT", "birds")
     monkeypatch.delenv("WANDB_ENTITY", raising=False)
-    assert sweep_wandb.create(sweep, spec) == "/birds/abc123"
+    assert wandb_backend.create(sweep, spec) == "/birds/abc123"
     assert seen["sweep"] == yaml.safe_load(SPEC) and seen["project"] == "birds"
     assert load_sweep(sweep.scratch_root, sweep.id).wandb_sweep == "/birds/abc123"  # saved for the agents
 
@@ -68,7 +68,7 @@ def test_create_gives_up_in_one_line_when_the_server_hangs(monkeypatch, wandb_sw
     monkeypatch.setattr(wandb, "sweep", lambda **_: time.sleep(30))
     start = time.monotonic()
     with pytest.raises(InatError, match=r"did not create the sweep within 1 s; use --backend local"):
-        sweep_wandb.create(sweep, spec, timeout=1.0)
+        wandb_backend.create(sweep, spec, timeout=1.0)
     assert time.monotonic() - start < 5
 
 
@@ -82,8 +82,8 @@ def test_create_reports_a_server_error_in_one_line(monkeypatch, wandb_sweep):
 
     monkeypatch.setattr(wandb, "sweep", refused)
     with pytest.raises(InatError) as err:
-        sweep_wandb.create(sweep, spec)
-    assert str(err.value) == "--backend wandb: permission denied for entity 'x'; " + sweep_wandb.HINT
+        wandb_backend.create(sweep, spec)
+    assert str(err.value) == "--backend wandb: permission denied for entity 'x'; " + wandb_backend.HINT
 
 
 def fake_agent(monkeypatch, trials: list[tuple[str, dict]]):
@@ -91,7 +91,7 @@ def fake_agent(monkeypatch, trials: list[tuple[str, dict]]):
     import wandb
 
     real_init = wandb.init
-    monkeypatch.setattr(sweep_wandb, "preflight", lambda: "http://wandb.invalid")
+    monkeypatch.setattr(wandb_backend, "preflight", lambda: "http://wandb.invalid")
     calls = []
 
     def agent(sweep_id, function, entity=None, project=None, count=None):
@@ -117,7 +117,7 @@ def test_agent_trains_each_trial_into_the_sweep_folder(monkeypatch, wandb_sweep)
     trials = [("run0aaaa", {"learning_rate": 0.01, "dropout": 0.1}),
               ("run1bbbb", {"learning_rate": 0.003, "dropout": 0.3})]
     calls = fake_agent(monkeypatch, trials)
-    sweep_wandb.run_agent(sweep, count=2)
+    wandb_backend.run_agent(sweep, count=2)
     assert calls == [("abc123", None, "inat-jobs", 2)]
     for run_id, params in trials:
         run_dir = sweep.trials_dir / run_id
@@ -163,7 +163,7 @@ def wandb_own_agent(monkeypatch, run_id: str, params: dict):
     import wandb
     from wandb.agents import pyagent
 
-    monkeypatch.setattr(sweep_wandb, "preflight", lambda: "http://wandb.invalid")
+    monkeypatch.setattr(wandb_backend, "preflight", lambda: "http://wandb.invalid")
     monkeypatch.setattr(wandb, "Api", lambda *a, **kw: object())
     monkeypatch.setattr(pyagent.Agent, "HEARTBEAT_SLEEP_SECONDS", 0.05)
     monkeypatch.setattr(pyagent.Agent, "_register", lambda self: setattr(self, "_agent_id", "agent-test"))
@@ -206,7 +206,7 @@ def test_a_run_the_w_and_b_sweep_stops_is_marked_pruned(monkeypatch, wandb_sweep
         raise AssertionError("W&B's agent never stopped the run")
 
     _with_callback(monkeypatch, _InSecondEpoch(stop_me))
-    sweep_wandb.run_agent(sweep, count=1)
+    wandb_backend.run_agent(sweep, count=1)
     info = read_trial(sweep.trials_dir / "run2cccc", spec.metric, spec.maximize)
     assert info["state"] == "pruned" and info["epochs_done"] == 1
     assert read_json(sweep.trials_dir / "run2cccc" / "run.json")["pruned_at_epoch"] == 1
@@ -239,7 +239,7 @@ def test_without_w_and_b_s_thread_mark_a_stop_degrades_to_failed(monkeypatch, wa
         raise AssertionError("W&B's agent never stopped the run")
 
     _with_callback(monkeypatch, _InSecondEpoch(stop_me))
-    sweep_wandb.run_agent(sweep, count=1)
+    wandb_backend.run_agent(sweep, count=1)
     info = read_json(sweep.trials_dir / "run6gggg" / "run.json")
     assert info["status"] == "failed" and "pruned_at_epoch" not in info
     assert info["error"] == "Exception"  # W&B's stop arrived, and was not taken for one
@@ -255,7 +255,7 @@ def test_a_libraries_bare_exception_under_w_and_b_s_agent_is_a_failure(monkeypat
         raise Exception  # noqa: TRY002 - what some libraries raise, and what W&B's stop looks like
 
     _with_callback(monkeypatch, _InSecondEpoch(library_error))
-    sweep_wandb.run_agent(sweep, count=1)  # W&B's agent catches it and counts the run as errored
+    wandb_backend.run_agent(sweep, count=1)  # W&B's agent catches it and counts the run as errored
     assert errored == ["run4eeee"]
     info = read_json(sweep.trials_dir / "run4eeee" / "run.json")
     assert info["status"] == "failed" and "pruned_at_epoch" not in info
@@ -273,7 +273,7 @@ def test_a_bare_exception_is_not_taken_for_a_stop(monkeypatch, wandb_sweep):
     _with_callback(monkeypatch, _InSecondEpoch(library_error))
     fake_agent(monkeypatch, [("run5ffff", {"learning_rate": 0.01, "dropout": 0.0})])
     with pytest.raises(Exception) as err:
-        sweep_wandb.run_agent(sweep, count=1)
+        wandb_backend.run_agent(sweep, count=1)
     assert type(err.value) is Exception
     assert read_trial(sweep.trials_dir / "run5ffff", spec.metric, spec.maximize)["state"] == "failed"
 
@@ -286,21 +286,21 @@ def test_a_stop_mark_on_the_thread_alone_is_not_a_stop():
 
     def job():
         threading.current_thread()._terminated = True  # as wandb.agents.pyagent._terminate_thread sets it
-        seen["value_error"] = sweep_wandb.stopped_by_wandb(ValueError("disk on fire"))
-        seen["bare"] = sweep_wandb.stopped_by_wandb(Exception())
+        seen["value_error"] = wandb_backend.stopped_by_wandb(ValueError("disk on fire"))
+        seen["bare"] = wandb_backend.stopped_by_wandb(Exception())
         try:
             try:
                 raise Exception
             except Exception as stop:
                 raise RuntimeError("wrapped on the way") from stop
         except RuntimeError as wrapped:
-            seen["wrapped"] = sweep_wandb.stopped_by_wandb(wrapped)
+            seen["wrapped"] = wandb_backend.stopped_by_wandb(wrapped)
 
     thread = threading.Thread(target=job)
     thread.start()
     thread.join()
     assert seen == {"value_error": False, "bare": True, "wrapped": True}
-    assert sweep_wandb.stopped_by_wandb(Exception()) is False  # this thread carries no mark
+    assert wandb_backend.stopped_by_wandb(Exception()) is False  # this thread carries no mark
 
 
 def test_any_other_error_in_a_trial_is_not_taken_for_a_stop(monkeypatch, wandb_sweep):
@@ -315,4 +315,4 @@ def test_any_other_error_in_a_trial_is_not_taken_for_a_stop(monkeypatch, wandb_s
     monkeypatch.setattr(inat.train, "train", broken)
     fake_agent(monkeypatch, [("run3dddd", {"learning_rate": 0.01, "dropout": 0.0})])
     with pytest.raises(ValueError, match="disk on fire"):
-        sweep_wandb.run_agent(sweep, count=1)
+        wandb_backend.run_agent(sweep, count=1)
