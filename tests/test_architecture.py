@@ -74,9 +74,15 @@ def load(root: Path, packages=PACKAGES) -> dict[str, Module]:
     return modules
 
 
-def _imports(mod: Module, modules: dict[str, Module]):
-    package = mod.name if mod.is_package else mod.name.rpartition(".")[0]
+def _from_base(mod: Module, node: ast.ImportFrom) -> str:
+    """The absolute module a `from ... import` names, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    package = (mod.name if mod.is_package else mod.name.rpartition(".")[0]).split(".")
+    return ".".join(package[: len(package) - (node.level - 1)] + ([node.module] if node.module else []))
 
+
+def _imports(mod: Module, modules: dict[str, Module]):
     def visit(node, in_function: bool):
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
@@ -86,10 +92,7 @@ def _imports(mod: Module, modules: dict[str, Module]):
                     for alias in child.names:
                         yield Import(alias.name, (), child.lineno, inside, lazy)
                 else:
-                    base = child.module or ""
-                    if child.level:
-                        anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
-                        base = ".".join(anchor + ([child.module] if child.module else []))
+                    base = _from_base(mod, child)
                     for alias in child.names:
                         sub = f"{base}.{alias.name}"
                         if sub in modules:
@@ -204,7 +207,6 @@ def heavy_modules(modules: dict[str, Module]) -> dict[str, str]:
 
 def _bindings(mod: Module, modules: dict[str, Module]) -> dict[str, str]:
     """{local name: our module} for every name an import binds to one of our modules."""
-    package = mod.name if mod.is_package else mod.name.rpartition(".")[0]
     bound = {}
     for node in ast.walk(mod.tree):
         if isinstance(node, ast.Import):
@@ -212,10 +214,7 @@ def _bindings(mod: Module, modules: dict[str, Module]) -> dict[str, str]:
                 if alias.asname and ours(alias.name, modules) == alias.name:
                     bound[alias.asname] = alias.name
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
+            base = _from_base(mod, node)
             for alias in node.names:
                 if f"{base}.{alias.name}" in modules:
                     bound[alias.asname or alias.name] = f"{base}.{alias.name}"

@@ -25,7 +25,7 @@ from ..slurm.profile import load_profile, resolve_cluster
 from ..slurm.submit import add_records, run_calls, submit_calls
 from .options import (
     AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, EpochsOpt, ImageOpt, JsonOpt, OutOpt, ProfileOpt,
-    SeedOpt, SeedsOpt, SetOpt, StorageOpt, TopKOpt, TrialsPerAgentOpt, WaitOpt,
+    SeedOpt, SeedsOpt, SetOpt, StorageOpt, SweepOpt, TopKOpt, TrialsPerAgentOpt, WaitOpt,
 )  # fmt: skip
 
 
@@ -97,9 +97,7 @@ def _check_resumable(run_dir: Path, cfg: RunConfig) -> None:
 
 @app.command()
 def pipeline(
-    sweep: Path = typer.Option(
-        ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_demo.yaml."
-    ),
+    sweep: Path = SweepOpt,
     agents: int = AgentsOpt,
     trials_per_agent: Optional[int] = TrialsPerAgentOpt,
     backend: str = BackendOpt,

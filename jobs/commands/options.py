@@ -16,7 +16,7 @@ from ..slurm.profile import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, Run
 __all__ = [
     "AgentsOpt", "BackendOpt", "ClusterOpt", "ClusterSetOpt", "ConfigOpt", "DataOpt", "EpochsOpt", "ImageOpt",
     "JsonOpt", "OutOpt", "ProfileOpt", "RunsClusterOpt", "SeedOpt", "SeedsOpt", "SetOpt", "StaleOpt",
-    "StorageOpt", "TopKOpt", "TrialsPerAgentOpt", "WaitOpt",
+    "StorageOpt", "SweepOpt", "TopKOpt", "TrialsPerAgentOpt", "WaitOpt",
 ]
 
 # ---- runs -------------------------------------------------------------------------------------------
@@ -32,6 +32,9 @@ OutOpt = typer.Option(
 
 # ---- sweeps: launch-sweep's options, which `pipeline` takes too ----------------------------------------
 
+SweepOpt = typer.Option(
+    ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_partA.yaml."
+)
 AgentsOpt = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start.")
 TrialsPerAgentOpt = typer.Option(
     None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."

@@ -27,15 +27,13 @@ from ..slurm.profile import load_profile, resolve_cluster
 from ..slurm.submit import submit_agents
 from .options import (
     AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, ImageOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt,
-    StaleOpt, StorageOpt, TrialsPerAgentOpt,
+    StaleOpt, StorageOpt, SweepOpt, TrialsPerAgentOpt,
 )  # fmt: skip
 
 
 @app.command("launch-sweep")
 def launch_sweep(
-    sweep: Path = typer.Option(
-        ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_partA.yaml."
-    ),
+    sweep: Path = SweepOpt,
     agents: int = AgentsOpt,
     trials_per_agent: Optional[int] = TrialsPerAgentOpt,
     backend: str = BackendOpt,
