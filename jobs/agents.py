@@ -44,9 +44,13 @@ def check_agent_id(value: str) -> str:
     return value
 
 
+def log_name(agent: str) -> str:
+    return f"{agent}.log"
+
+
 def log_path(sweep: Sweep, agent: str) -> Path:
     """Where a local agent's output goes: SWEEP/agents/<agent id>.log."""
-    return sweep.agents_dir / f"{agent}.log"
+    return sweep.agents_dir / log_name(agent)
 
 
 def logs_glob(sweep: Sweep) -> str:

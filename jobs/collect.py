@@ -34,6 +34,7 @@ from inat.errors import InatError
 from inat.fsutil import atomic_path, make_dir, read_json, write_json
 from inat.sweep import best_configs, find_sweep, load_spec, read_trial, sweep_ids, trial_dirs
 
+from . import agents
 from .slurm import jobstate
 
 log = logging.getLogger("inat")
@@ -163,7 +164,7 @@ def _collect_failed_logs(target: Target, out: Path) -> None:
         if folder is None:
             continue
         if row["JobID"].startswith("pid_"):  # a local agent: its log is agents/agent-N.log
-            candidates = [folder / f"agent-{row['index']}.log"]
+            candidates = [folder / agents.log_name(agents.agent_id(row["index"]))]
         else:
             candidates = [folder / f"{row['JobID']}_0_log.out", folder / f"{row['JobID']}_0_log.err"]
         for path in candidates:
