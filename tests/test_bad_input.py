@@ -355,7 +355,7 @@ CASES = [
     Case("test-no-model", lambda c: ["test", "--run", str(c.run)], ("no model.keras here", "inat-jobs train"),
          setup=no_model),
     Case("visualize-no-model", lambda c: ["visualize", "--run", str(c.run)],
-         ("model.keras: no trained model here", "inat-jobs train"), setup=no_model),
+         ("no model.keras here", "inat-jobs train"), setup=no_model),  # the same check and words as `test`
     Case("test-corrupt-model", lambda c: ["test", "--run", str(c.run)],
          ("model.keras: not a readable Keras model", "re-run `inat-jobs train`"), setup=cut("model.keras", 4000)),
     Case("visualize-corrupt-model", lambda c: ["visualize", "--run", str(c.run), "--what", "filters"],

@@ -16,6 +16,10 @@ i + 1 when no value was dropped.
   value so far (the minimum of its history) is worse than (strictly above) that band's threshold.
 
 There are no brackets: every trial is compared with all the others and the sampler learns from all.
+
+One difference in bookkeeping, not in the rule: W&B resumes a requeued run under its own id, while
+our agent hands the run on to a new trial (user attribute `resumes`) and fails the old one. The old
+trial's values are the new one's first epochs, so it is left out: each run counts once, as in W&B.
 """
 
 from __future__ import annotations
@@ -87,7 +91,9 @@ class WandbHyperbandPruner(optuna.pruners.BasePruner):
         band = below[-1]
         # Every trial of every state counts (the engine filters none), this one included, with the
         # values it has just reported.
-        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+        all_trials = study.get_trials(deepcopy=False)
+        handed_on = {t.user_attrs["resumes"] for t in all_trials if "resumes" in t.user_attrs}
+        trials = {t.number: t for t in all_trials if t.number not in handed_on}
         trials[trial.number] = trial
         at_band = sorted(h[band] for h in (history(t, maximize) for t in trials.values()) if len(h) > band)
         threshold = at_band[int((1.0 / self.eta) * len(at_band))]  # the engine's expression, r = 1 / eta

@@ -237,6 +237,36 @@ def test_failed_trials_count_and_only_running_ones_are_judged():
     assert not study.pruner.prune(study, study.trials[0])
 
 
+def test_a_run_handed_on_after_a_requeue_counts_once():
+    # A requeued agent's killed trial (FAIL, epochs 1-4 of run k) is resumed by a new trial that
+    # re-reported those epochs; W&B sees run k once. min_iter 1, eta 3, minimize; r (4 epochs) is
+    # judged at band 3 (its 4th epoch). Once: values there a 0.8, k 0.3, r 0.6 -> sorted index
+    # int(3/3) = 1: 0.6; r's best 0.6 is not above it: r goes on. Were k's killed copy counted too,
+    # [0.3, 0.3, 0.6, 0.8] -> index int(4/3) = 1: 0.3, and r would be stopped.
+    curve_a, curve_k, curve_r = [0.9, 0.85, 0.82, 0.8], [0.9, 0.9, 0.9, 0.3, 0.3], [0.9, 0.8, 0.7, 0.6]
+    case = curves_case("minimize", {"type": "hyperband", "min_iter": 1, "eta": 3}, [
+        ("a", TrialState.COMPLETE, curve_a), ("k", TrialState.RUNNING, curve_k),
+        ("r", TrialState.RUNNING, curve_r)])
+    engine = wandb_stops(case)  # run k once (still running after its requeue)
+    assert engine == {"k": False, "r": False}
+
+    study = optuna.create_study(pruner=WandbHyperbandPruner(case["et"]))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.8,
+                                 intermediate_values=dict(enumerate(curve_a, start=1))))
+    study.add_trial(create_trial(state=TrialState.FAIL, intermediate_values=dict(enumerate(curve_k[:4], start=1)),
+                                 user_attrs={"error": "superseded"}))
+    study.enqueue_trial({}, user_attrs={"resumes": 1, "run_dir": "0001"})
+    k = study.ask()
+    assert k.user_attrs["resumes"] == 1
+    for step, value in enumerate(curve_k, start=1):
+        k.report(value, step)
+    r = study.ask()
+    for step, value in enumerate(curve_r, start=1):
+        r.report(value, step)
+    assert r.should_prune() is engine["r"]
+    assert k.should_prune() is engine["k"]
+
+
 @pytest.mark.parametrize("et, expected", [
     ({"max_iter": 27, "s": 2}, [3, 9]),
     ({"max_iter": 10, "s": 3, "eta": 3}, [1, 3]),  # 3.33 -> 3, 1.11 -> 1, 0.37 < 1 stops
