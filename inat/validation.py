@@ -1,0 +1,126 @@
+"""Pydantic's ValidationError as the one-line ConfigError users see.
+
+The run config (`inat.config.RunConfig`) and the cluster profile (`jobs.cluster.ClusterProfile`) are
+pydantic models; this turns what pydantic reports into one line naming the source, the key, the value
+and what is allowed, e.g.
+
+    c.yaml: key 'dropout' = 1.5 is invalid; allowed: 0 <= dropout < 1
+    c.yaml: unknown key 'filters' (known keys: activation, batch_norm, ...)
+
+What is allowed comes from the field itself: its `Literal` choices, its `Field(ge=..., lt=...)` bounds
+and its `description`. A validator that knows better raises `invalid(...)` with its own words, or
+`says(...)` for a whole line of its own. Several problems at once: unknown keys first, then the first
+bad key in the order the user gave them, then rules across keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Literal, get_args, get_origin
+
+from annotated_types import Ge, Gt, Le, Lt
+from pydantic import ValidationError
+from pydantic_core import PydanticCustomError
+
+from .errors import ConfigError
+
+_UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument", "invalid_key")
+
+
+def invalid(detail: str = "", **ctx: Any) -> PydanticCustomError:
+    """A bad value in a validator's own words: "key 'k' = v is invalid; {detail}".
+
+    ctx may name `key` and `value` (a rule across keys, or the value after conversion) and give a
+    `detail` that a model explained by its keys (see `one_line`) appends to what the key expects.
+    """
+    return PydanticCustomError("inat_invalid", detail, ctx)
+
+
+def says(line: str) -> PydanticCustomError:
+    """A whole message of a validator's own, after the source."""
+    return PydanticCustomError("inat_says", line)
+
+
+def one_line(err: ValidationError, source: str, model: type, given: Iterable[Any] = (),
+             explain_keys: bool = False) -> ConfigError:
+    """The ConfigError for `err`, raised by validating `given` (the keys as the user wrote them) as `model`.
+
+    explain_keys: every bad value gets "expected <what the key takes>" (the cluster profile's style)
+    rather than "allowed: <the rule it broke>" (the run config's).
+    """
+    order = {key: i for i, key in enumerate(given)}
+
+    def rank(e: dict) -> tuple:
+        top = e["loc"][0] if e["loc"] else None
+        return (e["type"] not in _UNKNOWN, not e["loc"], order.get(top, len(order)))
+
+    e = min(err.errors(), key=rank)
+    where = ".".join(str(part) for part in e["loc"])
+    holder, field = _field_at(model, e["loc"])
+    if e["type"] in _UNKNOWN:
+        known = ", ".join(sorted(holder.__pydantic_fields__))
+        return ConfigError(f"{source}: unknown key '{where}' (known keys: {known})")
+    if e["type"] == "inat_says":
+        return ConfigError(f"{source}: {e['msg']}")
+    ctx = e.get("ctx") or {}
+    where = ctx.get("key", where)
+    value = ctx.get("value", e["input"])
+    name = str(e["loc"][-1]) if e["loc"] else where
+    if explain_keys:
+        detail = f"expected {describe(name, field, noun=True)}{ctx.get('detail', '')}"
+    elif e["type"] == "inat_invalid":
+        detail = e["msg"]
+    else:
+        detail = f"allowed: {describe(name, field) or e['msg']}"
+    return ConfigError(f"{source}: key '{where}' = {value!r} is invalid; {detail}")
+
+
+def describe(name: str, field: Any, noun: bool = False) -> str:
+    """What a field takes, from its Literal choices, its bounds and its description.
+
+    Bounds: "0 <= dropout < 1"; one bound: "an integer >= 1", and for numbers "weight_decay >= 0",
+    or with noun=True "a number > 0". The description follows a bound in parentheses, or stands alone.
+    """
+    if field is None:
+        return ""
+    choices = [a for a in _union(field.annotation) if get_origin(a) is Literal]
+    if choices:
+        return ", ".join(str(c) for c in get_args(choices[0]))
+    low = [(m.ge, "<=") for m in field.metadata if isinstance(m, Ge)] + \
+          [(m.gt, "<") for m in field.metadata if isinstance(m, Gt)]
+    high = [(m.le, "<=") for m in field.metadata if isinstance(m, Le)] + \
+           [(m.lt, "<") for m in field.metadata if isinstance(m, Lt)]
+    text = ""
+    if low and high:
+        text = f"{low[0][0]} {low[0][1]} {name} {high[0][1]} {high[0][0]}"
+    elif low or high:
+        bound, op = low[0] if low else high[0]
+        op = op.replace("<", ">") if low else op
+        subject = "an integer" if int in _union(field.annotation) else ("a number" if noun else name)
+        text = f"{subject} {op} {bound}"
+    if text and field.description:
+        return f"{text} ({field.description})"
+    return text or field.description or ""
+
+
+def _union(annotation: Any) -> tuple:
+    """`int | None` -> (int, NoneType); anything else -> (it,)."""
+    args = get_args(annotation)
+    return args if args and get_origin(annotation) is not Literal and type(None) in args else (annotation,)
+
+
+def _field_at(model: type, loc: tuple) -> tuple[type, Any]:
+    """The model that holds the last key of `loc`, and that key's FieldInfo (None: no such field).
+
+    Walks models (their fields) and dicts (their values): ('stages', 'test', 'time') is the `time`
+    field of the model that the `stages` dict maps 'test' to.
+    """
+    kind, holder, field = model, model, None
+    for part in loc:
+        if hasattr(kind, "__pydantic_fields__"):
+            holder, field = kind, kind.__pydantic_fields__.get(part)
+            kind = field.annotation if field is not None else None
+        elif get_origin(kind) is dict:
+            kind, field = get_args(kind)[1], None
+        else:
+            break
+    return holder, field
