@@ -26,45 +26,50 @@ from .errors import ConfigError
 _UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument", "invalid_key")
 
 
-def invalid(detail: str = "", **ctx: Any) -> PydanticCustomError:
-    """A bad value in a validator's own words: "key 'k' = v is invalid; {detail}".
+def invalid(message: str = "", **ctx: Any) -> PydanticCustomError:
+    """A bad value in a validator's own words: "key 'k' = v is invalid; {message}".
 
-    ctx may name `key` and `value` (a rule across keys, or the value after conversion) and give a
-    `detail` that a model explained by its keys (see `one_line`) appends to what the key expects.
+    ctx may name the `key` and `value` to show (a rule across keys; the value after conversion), and
+    a `detail` that a model explained by its keys (see `one_line`) adds to what the key expects.
     """
-    return PydanticCustomError("inat_invalid", detail, ctx)
+    return PydanticCustomError("inat_invalid", message, ctx)
 
 
 def says(line: str) -> PydanticCustomError:
-    """A whole message of a validator's own, after the source."""
+    """A whole message of a validator's own, after the source; `{key}` in it becomes the key."""
     return PydanticCustomError("inat_says", line)
 
 
-def one_line(err: ValidationError, source: str, model: type, given: Iterable[Any] = (),
+def one_line(err: ValidationError, source: str, model: type, data: Any = None,
              explain_keys: bool = False) -> ConfigError:
-    """The ConfigError for `err`, raised by validating `given` (the keys as the user wrote them) as `model`.
+    """The ConfigError for `err`, raised by validating `data` (a mapping, as the user wrote it) as `model`.
 
     explain_keys: every bad value gets "expected <what the key takes>" (the cluster profile's style)
     rather than "allowed: <the rule it broke>" (the run config's).
     """
-    order = {key: i for i, key in enumerate(given)}
+    order = {key: i for i, key in enumerate(data if isinstance(data, dict) else ())}
 
     def rank(e: dict) -> tuple:
         top = e["loc"][0] if e["loc"] else None
         return (e["type"] not in _UNKNOWN, not e["loc"], order.get(top, len(order)))
 
     e = min(err.errors(), key=rank)
-    where = ".".join(str(part) for part in e["loc"])
-    holder, field = _field_at(model, e["loc"])
+    loc, value = e["loc"], e["input"]
+    if e["type"] not in _UNKNOWN and any(isinstance(part, int) for part in loc):
+        # An item of a list: name the list and show all of it.
+        loc = loc[:[isinstance(part, int) for part in loc].index(True)]
+        value = _dig(data, loc, value)
+    where = ".".join(str(part) for part in loc)
+    holder, field = _field_at(model, loc)
     if e["type"] in _UNKNOWN:
         known = ", ".join(sorted(holder.__pydantic_fields__))
         return ConfigError(f"{source}: unknown key '{where}' (known keys: {known})")
     if e["type"] == "inat_says":
-        return ConfigError(f"{source}: {e['msg']}")
+        return ConfigError(f"{source}: {e['msg'].replace('{key}', where)}")
     ctx = e.get("ctx") or {}
     where = ctx.get("key", where)
-    value = ctx.get("value", e["input"])
-    name = str(e["loc"][-1]) if e["loc"] else where
+    value = ctx.get("value", value)
+    name = str(loc[-1]) if loc else where
     if explain_keys:
         detail = f"expected {describe(name, field, noun=True)}{ctx.get('detail', '')}"
     elif e["type"] == "inat_invalid":
@@ -106,6 +111,14 @@ def _union(annotation: Any) -> tuple:
     """`int | None` -> (int, NoneType); anything else -> (it,)."""
     args = get_args(annotation)
     return args if args and get_origin(annotation) is not Literal and type(None) in args else (annotation,)
+
+
+def _dig(data: Any, loc: tuple, default: Any) -> Any:
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return default
+        data = data[part]
+    return data
 
 
 def _field_at(model: type, loc: tuple) -> tuple[type, Any]:
