@@ -15,7 +15,7 @@ bad key in the order the user gave them, then rules across keys.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import ValidationError
