@@ -1,21 +1,26 @@
 """The run config: one typed object that travels from the CLI (or a sweep) to the job to the library.
 
 Keys keep the assignment's names (`filt_org`, `num_dense`, ...) so that W&B sweep files written for
-the original notebooks paste in unchanged. Every value is checked here, in one place, and a bad one
-is reported as a single line naming the key, the value and what is allowed.
+the original notebooks paste in unchanged. Every value is checked here, in one place (a pydantic
+model: the types, choices and bounds below), and a bad one is reported as a single line naming the
+key, the value and what is allowed (`inat.validation`).
 """
 
+# Annotations stay strings: `dataclasses.fields(RunConfig)[i].type` is "int" for the integer keys,
+# which is how inat.sweep_spec tells them apart.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 from .errors import ConfigError
 from .fsutil import write_text
+from .validation import invalid, one_line
 
 MODELS = ("scratch", "inceptionv3", "inceptionresnetv2", "resnet50", "xception")
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "silu", "leaky_relu", "mish")
@@ -23,37 +28,49 @@ POOLINGS = ("avg", "max")
 # What train() logs each epoch, so what can pick the kept epoch (and what a sweep can rank on).
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 GOALS = ("auto", "maximize", "minimize")
+Model = Literal[MODELS]
+Activation = Literal[ACTIVATIONS]
+Pooling = Literal[POOLINGS]
+Monitor = Literal[MONITORS]
+Goal = Literal[GOALS]
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
 
 
-@dataclass
+# A pydantic dataclass: a real dataclass (fields(), ==, asdict), validated whenever one is made, and
+# frozen so that it stays valid (change one with `replace`). Each field's "before" validator below
+# reads the YAML/CLI spellings into the field's type; pydantic then checks choices and bounds, and
+# `_cross_checks` the rules across keys.
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class RunConfig:
     # Model family: "scratch" is Part A's 5-block CNN, the others are Part B's ImageNet bases.
-    model: str = "scratch"
+    model: Model = "scratch"
     # Part A knobs. Defaults are the best config of the original sweep.
-    kernel_size: list[int] = field(default_factory=lambda: [3, 3, 3, 3, 3])
-    filt_org: list[int] = field(default_factory=lambda: [32, 64, 64, 128, 128])
-    activation: str = "selu"
+    kernel_size: list[int] = Field(default_factory=lambda: [3, 3, 3, 3, 3])
+    filt_org: list[int] = Field(default_factory=lambda: [32, 64, 64, 128, 128])
+    activation: Activation = "selu"
     batch_norm: bool = False
-    dropout: float = 0.2
-    weight_decay: float = 0.0
-    learning_rate: float = 1e-4
-    batch_size: int = 64
-    num_dense: int = 128
+    dropout: float = Field(0.2, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    learning_rate: float = Field(1e-4, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    num_dense: int = Field(128, ge=1)
     data_augment: bool = False
     # Input and schedule.
-    image_size: int = 224
-    epochs: int = 10
+    image_size: int = Field(224, ge=8, le=1024)
+    epochs: int = Field(10, ge=1)
     seed: int = 0
-    val_fraction: float = 0.1
+    val_fraction: float = Field(0.1, gt=0, lt=1)
     # Part B knobs: the last `trainable_layers` layers of the base train, the rest stay frozen.
-    trainable_layers: int = 100
-    weights: str = "imagenet"
-    pooling: str = "avg"
+    trainable_layers: int = Field(100, ge=0, description="0 freezes the whole base")
+    weights: str = Field("imagenet", min_length=1, description="imagenet, none, or a path to a weights file")
+    pooling: Pooling = "avg"
     # Which epoch model.keras keeps, and the number that ranks the run: a sweep sets both to its
     # `metric` (name and goal) so that the model kept is the model ranked. auto: accuracies are
     # maximised, losses minimised.
-    monitor: str = "val_accuracy"
-    monitor_goal: str = "auto"
+    monitor: Monitor = "val_accuracy"
+    monitor_goal: Goal = "auto"
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -61,16 +78,10 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of key: value, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(known))})"
-            )
-        values = {name: _coerce(name, data[name], source) for name in data}
-        cfg = cls(**values)
-        cfg.validate(source)
-        return cfg
+        try:
+            return _VALIDATOR.validate_python(data)
+        except ValidationError as err:
+            raise one_line(err, source, cls, data) from None
 
     @classmethod
     def load(
@@ -97,6 +108,11 @@ class RunConfig:
     def replace(self, **changes: Any) -> "RunConfig":
         return RunConfig.from_dict({**self.to_dict(), **changes}, "config")
 
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The keys, their types, choices, bounds and defaults, as JSON Schema."""
+        return _VALIDATOR.json_schema()
+
     @property
     def is_transfer(self) -> bool:
         return self.model != "scratch"
@@ -110,64 +126,12 @@ class RunConfig:
     # ---- validation ---------------------------------------------------------------------------
 
     def validate(self, source: str = "config") -> None:
-        def bad(key: str, allowed: str) -> ConfigError:
-            return ConfigError(f"{source}: key '{key}' = {getattr(self, key)!r} is invalid; {allowed}")
+        """Every RunConfig is checked when made or changed; this checks it once more, as from `source`."""
+        RunConfig.from_dict(self.to_dict(), source)
 
-        if self.model not in MODELS:
-            raise bad("model", f"allowed: {', '.join(MODELS)}")
-        for key in ("kernel_size", "filt_org"):
-            value = getattr(self, key)
-            if len(value) != 5:
-                raise bad(key, "expected a list of 5 positive integers, one per conv block")
-            if any(v < 1 for v in value):
-                raise bad(key, "every entry must be a positive integer")
-        if any(k > 31 for k in self.kernel_size):
-            raise bad("kernel_size", "kernel sizes above 31 are not supported")
-        if self.activation not in ACTIVATIONS:
-            raise bad("activation", f"allowed: {', '.join(ACTIVATIONS)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise bad("dropout", "allowed: 0 <= dropout < 1")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "allowed: weight_decay >= 0")
-        if not 0.0 < self.learning_rate <= 1.0:
-            raise bad("learning_rate", "allowed: 0 < learning_rate <= 1")
-        for key in ("batch_size", "num_dense", "epochs"):
-            if getattr(self, key) < 1:
-                raise bad(key, "allowed: an integer >= 1")
-        if not 8 <= self.image_size <= 1024:
-            raise bad("image_size", "allowed: 8 <= image_size <= 1024")
-        if not self.is_transfer and self.image_size < 2**5:
-            # Five 2x2 max-pools need at least 32 px or the last feature map vanishes.
-            raise bad("image_size", "the scratch CNN has 5 max-pool layers and needs image_size >= 32")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise bad("val_fraction", "allowed: 0 < val_fraction < 1")
-        if self.trainable_layers < 0:
-            raise bad("trainable_layers", "allowed: an integer >= 0 (0 freezes the whole base)")
-        if self.pooling not in POOLINGS:
-            raise bad("pooling", f"allowed: {', '.join(POOLINGS)}")
-        if not self.weights:
-            raise bad("weights", "allowed: imagenet, none, or a path to a weights file")
-        if self.monitor not in MONITORS:
-            raise bad("monitor", f"allowed: {', '.join(MONITORS)}")
-        if self.monitor_goal not in GOALS:
-            raise bad("monitor_goal", f"allowed: {', '.join(GOALS)}")
-
-
-# ---- parsing helpers ------------------------------------------------------------------------------
-
-_TYPES = {f.name: f.type for f in fields(RunConfig)}
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Convert a YAML/CLI value to the field's type, or raise a one-line ConfigError."""
-    kind = _TYPES[key]
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: key '{key}' = {value!r} is invalid; expected {expected}")
-
-    if kind == "bool":
+    @field_validator("batch_norm", "data_augment", mode="before")
+    @classmethod
+    def _bool(cls, value: Any) -> bool:
         # The original notebooks compared against 'True' while sweeps sent 'true', so batch norm
         # silently never switched on: accept every spelling, reject anything else.
         if isinstance(value, bool):
@@ -176,11 +140,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             return value.strip().lower() in _TRUE
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise bad("true or false")
-    if kind == "int":
-        if isinstance(value, bool):
-            raise bad("an integer")
-        if isinstance(value, int):
+        raise invalid("expected true or false")
+
+    @field_validator("batch_size", "num_dense", "image_size", "epochs", "seed", "trainable_layers", mode="before")
+    @classmethod
+    def _int(cls, value: Any) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
@@ -189,25 +154,32 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 return int(value.strip())
             except ValueError:
                 pass
-        raise bad("an integer")
-    if kind == "float":
-        if isinstance(value, bool):
-            raise bad("a number")
-        if isinstance(value, (int, float)):
+        raise invalid("expected an integer")
+
+    @field_validator("dropout", "weight_decay", "learning_rate", "val_fraction", mode="before")
+    @classmethod
+    def _float(cls, value: Any) -> float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):
             try:
                 return float(value.strip())
             except ValueError:
                 pass
-        raise bad("a number")
-    if kind == "str":
+        raise invalid("expected a number")
+
+    @field_validator("model", "activation", "weights", "pooling", "monitor", "monitor_goal", mode="before")
+    @classmethod
+    def _str(cls, value: Any) -> str:
         if value is None:
-            return "none"
+            return "none"  # YAML's `weights: none`/`null`, and `--set weights=~`
         if isinstance(value, (str, Path)):
             return str(value).strip()
-        raise bad("a string")
-    if kind == "list[int]":
+        raise invalid("expected a string")
+
+    @field_validator("kernel_size", "filt_org", mode="before")
+    @classmethod
+    def _int_list(cls, value: Any) -> list[int]:
         items = value
         if isinstance(value, str):
             items = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
@@ -215,7 +187,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             # `kernel_size: 3` means 3 in every block, as Keras itself would read it.
             items = [value] * 5
         if not isinstance(items, (list, tuple)):
-            raise bad("a list of 5 integers")
+            raise invalid("expected a list of 5 integers")
         out = []
         for item in items:
             if isinstance(item, (list, tuple)) and len(item) == 2 and item[0] == item[1]:
@@ -225,9 +197,33 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                     raise ValueError
                 out.append(int(item.strip()) if isinstance(item, str) else int(item))
             except (TypeError, ValueError):
-                raise bad("a list of 5 integers") from None
+                raise invalid("expected a list of 5 integers") from None
         return out
-    raise AssertionError(f"unhandled field type {kind} for {key}")  # pragma: no cover
+
+    @field_validator("kernel_size", "filt_org", mode="after")
+    @classmethod
+    def _five_blocks(cls, value: list[int], info) -> list[int]:
+        if len(value) != 5:
+            raise invalid("expected a list of 5 positive integers, one per conv block", value=value)
+        if any(v < 1 for v in value):
+            raise invalid("every entry must be a positive integer", value=value)
+        if info.field_name == "kernel_size" and any(k > 31 for k in value):
+            raise invalid("kernel sizes above 31 are not supported", value=value)
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "RunConfig":
+        if not self.is_transfer and self.image_size < 2**5:
+            # Five 2x2 max-pools need at least 32 px or the last feature map vanishes.
+            raise invalid("the scratch CNN has 5 max-pool layers and needs image_size >= 32",
+                          key="image_size", value=self.image_size)
+        return self
+
+
+_VALIDATOR = TypeAdapter(RunConfig)
+
+
+# ---- parsing helpers ------------------------------------------------------------------------------
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:

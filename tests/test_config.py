@@ -67,6 +67,41 @@ def test_bad_values_give_one_line_errors_naming_the_key(override, fragment):
     assert "\n" not in message
 
 
+def test_several_bad_keys_report_unknown_keys_first_then_the_first_given():
+    with pytest.raises(ConfigError, match="unknown key 'dropuot'"):
+        RunConfig.from_dict({"epochs": 0, "dropuot": 0.2})
+    with pytest.raises(ConfigError, match="key 'epochs' = 0 is invalid"):
+        RunConfig.from_dict({"epochs": 0, "dropout": 5})
+    with pytest.raises(ConfigError, match="key 'dropout' = 5.0 is invalid"):
+        RunConfig.from_dict({"dropout": 5, "epochs": 0})
+
+
+@pytest.mark.parametrize("value", [float("nan"), "nan"])
+def test_nan_is_not_a_weight_decay(value):
+    with pytest.raises(ConfigError, match="key 'weight_decay' = nan is invalid; allowed: weight_decay >= 0"):
+        RunConfig.from_dict({"weight_decay": value})
+
+
+def test_a_config_is_valid_by_construction_and_stays_so():
+    # Made directly, a RunConfig reads the same spellings and refuses the same values as from a file.
+    assert RunConfig(batch_norm="yes", kernel_size="3,5,5,7,7").kernel_size == [3, 5, 5, 7, 7]
+    with pytest.raises(ValueError, match="needs image_size >= 32"):
+        RunConfig(image_size=16)
+    cfg = RunConfig()
+    with pytest.raises(AttributeError):
+        cfg.dropout = 5  # frozen: change a copy with replace(), which checks the result
+    with pytest.raises(ConfigError, match="key 'dropout' = 5.0 is invalid"):
+        cfg.replace(dropout=5)
+    assert cfg.replace(epochs="3") == RunConfig(epochs=3) != cfg
+
+
+def test_json_schema_lists_choices_bounds_and_defaults():
+    props = RunConfig.json_schema()["properties"]
+    assert props["model"]["enum"][0] == "scratch" and props["activation"]["default"] == "selu"
+    assert (props["dropout"]["minimum"], props["dropout"]["exclusiveMaximum"]) == (0, 1)
+    assert props["image_size"]["type"] == "integer" and props["image_size"]["maximum"] == 1024
+
+
 def test_yaml_errors_name_the_file(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("dropout: [0.2\n")

@@ -20,7 +20,8 @@ A cluster profile is a small YAML file (see configs/clusters/example.yaml):
     stages:                 # per-stage overrides of the keys above
       test: {gpus: 0, time: 30}
 
-Every key and value is checked in `parse_profile`; a bad one is a one-line ConfigError naming it.
+Every key and value is checked (`ClusterProfile`, a pydantic model) in `parse_profile`; a bad one is a
+one-line ConfigError naming it.
 `--cluster-set KEY=VALUE` on the command line overrides one key, with the same checks.
 """
 
@@ -31,15 +32,16 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inat import layout
 from inat.config import load_yaml_mapping, parse_overrides
 from inat.errors import ConfigError
+from inat.validation import invalid, one_line, says
 
 STAGES = ("agent", "train", "test", "visualize")
 CLUSTERS = ("auto", "slurm", "local")
@@ -71,69 +73,127 @@ ImageOpt = typer.Option(
 )
 
 
-@dataclass(frozen=True)
-class ClusterProfile:
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus: int | None = None
-    cpus: int | None = None
-    mem: float | None = None  # GB
-    time: int = 60  # minutes
-    constraint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    setup: list[str] = field(default_factory=list)
-    python: str | None = None
-    image: str | None = None
-    max_timeouts: int = 3
-    signal_delay_s: int = 90
-    array_parallelism: int = 64
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+class _Keys(BaseModel):
+    """The profile keys: what a file, --cluster-set or a stage may set."""
+
+    # A key's `description` is what its error message says it expects (after its bounds, if any).
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    partition: str | None = Field(None, description="a partition name")
+    account: str | None = Field(None, description="an account name")
+    qos: str | None = Field(None, description="a QOS name")
+    gpus: int | None = Field(None, ge=0, description="GPUs per node")
+    cpus: int | None = Field(None, ge=1, description="CPUs per task")
+    mem: float | None = Field(None, gt=0, allow_inf_nan=False, description="GB per node")
+    time: int = Field(60, ge=1, description="minutes")
+    constraint: str | None = Field(None, description="a node feature expression")
+    extra: dict[str, Any] = Field(default_factory=dict, description="a mapping of sbatch option: value")
+    setup: list[str] = Field(default_factory=list, description="a list of shell lines")
+    python: str | None = Field(
+        None, description="a command that runs python, e.g. 'apptainer exec IMAGE python'"
+    )
+    image: str | None = Field(None, description="an Apptainer image file (.sif) on this machine")
+    max_timeouts: int = Field(3, ge=0)
+    signal_delay_s: int = Field(90, ge=0, description="seconds")
+    array_parallelism: int = Field(64, ge=1)
+
+    @field_validator("partition", "account", "qos", "constraint", "python", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+            raise invalid()
+        return str(value).strip()
+
+    @field_validator("gpus", "cpus", "mem", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        if value is None:  # None is "Slurm's default", which only leaving the key out says
+            raise invalid()
+        return value
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise invalid()
+        path = Path(value.strip()).expanduser().resolve()
+        if not path.is_file():
+            raise invalid(detail=" (no such file)")
+        return str(path)
+
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _sbatch(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value  # pydantic says it is not a mapping
+        out = {}
+        for name, v in value.items():
+            flag = str(name).strip().lstrip("-").replace("_", "-")
+            if flag in RESERVED_SBATCH:
+                raise invalid(detail=f"; '{name}' is set by inat-jobs itself")
+            if isinstance(v, (dict, list)) or v is None or not flag:
+                raise invalid(detail=f" ('{name}' needs a single value)")
+            out[flag.replace("-", "_")] = v  # submitit turns '_' back into '-'
+        return out
+
+    @field_validator("setup", "extra", mode="after")
+    @classmethod
+    def _no_wandb_key(cls, value: Any) -> Any:
+        # These go verbatim into every sbatch script on scratch; a key there is a key on disk.
+        if "WANDB_API_KEY" in repr(value):
+            raise says("key '{key}' sets WANDB_API_KEY, which would be written into every job script; "
+                       "export it in your shell (jobs inherit it) or use `wandb login` instead")
+        return value
+
+    def __repr_args__(self):  # a stage's overrides: only the keys it sets
+        return [(key, getattr(self, key)) for key in type(self).model_fields if key in self.model_fields_set]
+
+
+class _Profile(_Keys):
+    """What a profile file may say: the keys, and per-stage overrides of them."""
+
+    stages: dict[str, _Keys] = Field(
+        default_factory=dict, description=f"a mapping of stage ({', '.join(STAGES)}) to profile keys"
+    )
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, value: Any) -> Any:
+        for name, sub in value.items() if isinstance(value, dict) else ():
+            if name not in STAGES:
+                raise says(f"unknown stage 'stages.{name}' (stages: {', '.join(STAGES)})")
+            if not isinstance(sub, dict):
+                raise says(f"key 'stages.{name}' must be a mapping of profile keys")
+        return value
+
+
+class ClusterProfile(_Profile):
     source: str = "cluster profile"
+
+    def __repr_args__(self):
+        return [(key, getattr(self, key)) for key in type(self).model_fields]
 
     def for_stage(self, stage: str) -> "ClusterProfile":
         """This profile with the `stages: {stage: {...}}` overrides applied (already validated)."""
-        return replace(self, **self.stages.get(stage, {}))
-
-
-# key -> (kind, constraint text); kind drives the checks in _check_value
-_KEYS: dict[str, tuple[str, str]] = {
-    "partition": ("name", "a partition name"),
-    "account": ("name", "an account name"),
-    "qos": ("name", "a QOS name"),
-    "gpus": ("int>=0", "an integer >= 0 (GPUs per node)"),
-    "cpus": ("int>=1", "an integer >= 1 (CPUs per task)"),
-    "mem": ("num>0", "a number > 0 (GB per node)"),
-    "time": ("int>=1", "an integer >= 1 (minutes)"),
-    "constraint": ("name", "a node feature expression"),
-    "extra": ("sbatch", "a mapping of sbatch option: value"),
-    "setup": ("lines", "a list of shell lines"),
-    "python": ("name", "a command that runs python, e.g. 'apptainer exec IMAGE python'"),
-    "image": ("image", "an Apptainer image file (.sif) on this machine"),
-    "max_timeouts": ("int>=0", "an integer >= 0"),
-    "signal_delay_s": ("int>=0", "an integer >= 0 (seconds)"),
-    "array_parallelism": ("int>=1", "an integer >= 1"),
-    "stages": ("stages", f"a mapping of stage ({', '.join(STAGES)}) to profile keys"),
-}
-assert set(_KEYS) == {f.name for f in fields(ClusterProfile)} - {"source"}
+        overrides = self.stages.get(stage)
+        if overrides is None:
+            return self
+        return self.model_copy(update={key: getattr(overrides, key) for key in overrides.model_fields_set})
 
 
 def parse_profile(data: dict[str, Any], source: str, base: ClusterProfile | None = None) -> ClusterProfile:
     """Validate a profile mapping (file or --cluster-set) on top of `base`; one-line errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of key: value, got {type(data).__name__}")
-    values = {k: _check_value(k, v, source) for k, v in data.items()}
-    for key in ("setup", "extra"):
-        # These go verbatim into every sbatch script on scratch; a key there is a key on disk.
-        if key in values and "WANDB_API_KEY" in repr(values[key]):
-            raise ConfigError(
-                f"{source}: key '{key}' sets WANDB_API_KEY, which would be written into every job script; "
-                "export it in your shell (jobs inherit it) or use `wandb login` instead"
-            )
+    try:
+        given = _Profile.model_validate(data)
+    except ValidationError as err:
+        raise one_line(err, source, _Profile, data, explain_keys=True) from None
+    values = {key: getattr(given, key) for key in given.model_fields_set}
     base = base or ClusterProfile()
     if "stages" in values:
         values["stages"] = {**base.stages, **values["stages"]}
-    return replace(base, source=source, **values)
+    return base.model_copy(update={**values, "source": source})
 
 
 def load_profile(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
@@ -148,69 +208,8 @@ def load_profile(path: str | os.PathLike | None = None, overrides: Iterable[str]
         pairs = parse_overrides(overrides)
         profile = parse_profile(pairs, "--cluster-set", profile)
     if image is not None:
-        profile = replace(profile, image=_check_value("image", str(image), "--image"))
+        profile = profile.model_copy(update={"image": parse_profile({"image": str(image)}, "--image").image})
     return profile
-
-
-def _check_value(key: str, value: Any, source: str, stage: str | None = None) -> Any:
-    where = f"stages.{stage}.{key}" if stage else key
-    if key not in _KEYS or (stage and key == "stages"):
-        known = sorted(k for k in _KEYS if not (stage and k == "stages"))
-        raise ConfigError(f"{source}: unknown key '{where}' (known keys: {', '.join(known)})")
-    kind, expected = _KEYS[key]
-
-    def bad(detail: str = "") -> ConfigError:
-        return ConfigError(f"{source}: key '{where}' = {value!r} is invalid; expected {expected}{detail}")
-
-    if kind == "name":
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
-            raise bad()
-        return str(value).strip()
-    if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        if value < int(kind[-1]):
-            raise bad()
-        return value
-    if kind == "image":
-        if not isinstance(value, str) or not value.strip():
-            raise bad()
-        path = Path(value.strip()).expanduser().resolve()
-        if not path.is_file():
-            raise bad(" (no such file)")
-        return str(path)
-    if kind == "num>0":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise bad()
-        return float(value)
-    if kind == "lines":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad()
-        return list(value)
-    if kind == "sbatch":
-        if not isinstance(value, dict):
-            raise bad()
-        out = {}
-        for name, v in value.items():
-            flag = str(name).strip().lstrip("-").replace("_", "-")
-            if flag in RESERVED_SBATCH:
-                raise bad(f"; '{name}' is set by inat-jobs itself")
-            if isinstance(v, (dict, list)) or v is None or not flag:
-                raise bad(f" ('{name}' needs a single value)")
-            out[flag.replace("-", "_")] = v  # submitit turns '_' back into '-'
-        return out
-    if kind == "stages":
-        if not isinstance(value, dict):
-            raise bad()
-        out = {}
-        for name, sub in value.items():
-            if name not in STAGES:
-                raise ConfigError(f"{source}: unknown stage 'stages.{name}' (stages: {', '.join(STAGES)})")
-            if not isinstance(sub, dict):
-                raise ConfigError(f"{source}: key 'stages.{name}' must be a mapping of profile keys")
-            out[name] = {k: _check_value(k, v, source, stage=name) for k, v in sub.items()}
-        return out
-    raise AssertionError(kind)  # pragma: no cover
 
 
 # ---- Slurm or local ---------------------------------------------------------------------------------

@@ -57,12 +57,17 @@ def test_profile_from_environment(monkeypatch):
         ({"cpus": 0}, "key 'cpus' = 0"),
         ({"mem": -2}, "key 'mem' = -2"),
         ({"mem": True}, "key 'mem' = True"),
+        ({"mem": float("inf")}, "key 'mem' = inf is invalid; expected a number > 0 (GB per node)"),
+        ({"gpus": None}, "key 'gpus' = None"),
         ({"setup": "module load cuda"}, "key 'setup'"),
+        ({"setup": ["module load cuda", 3]}, "key 'setup' = ['module load cuda', 3] is invalid; expected a list"),
         ({"extra": {"array": "0-3"}}, "'array' is set by inat-jobs itself"),
         ({"extra": {"mail-type": ["A", "B"]}}, "key 'extra'"),
         ({"stages": {"training": {}}}, "unknown stage 'stages.training'"),
         ({"stages": {"test": {"time": 0}}}, "key 'stages.test.time' = 0"),
         ({"stages": {"test": {"stages": {}}}}, "unknown key 'stages.test.stages'"),
+        ({"stages": {"test": 4}}, "key 'stages.test' must be a mapping of profile keys"),
+        ({"time": 0, "nodes": 2}, "unknown key 'nodes'"),  # a misspelt key first, it may explain the rest
     ],
 )
 def test_profile_errors_name_the_key(data, fragment):
@@ -406,3 +411,14 @@ def test_a_restarted_agent_runs_only_the_trials_it_has_left(tmp_path, demo_data)
 def test_a_profile_may_not_write_the_wandb_key_into_job_scripts():
     with pytest.raises(ConfigError, match="key 'setup' sets WANDB_API_KEY"):
         cluster.parse_profile({"setup": ["export WANDB_API_KEY=abc"]}, "p.yaml")
+    with pytest.raises(ConfigError, match="key 'stages.train.extra' sets WANDB_API_KEY"):
+        cluster.parse_profile({"stages": {"train": {"extra": {"export": "WANDB_API_KEY=abc"}}}}, "p.yaml")
+
+
+def test_stage_overrides_apply_only_the_keys_they_set():
+    profile = cluster.parse_profile({"time": 300, "mem": 8, "stages": {"test": {"time": 20}}}, "p.yaml")
+    profile = cluster.parse_profile({"stages": {"visualize": {"gpus": 0}}}, "--cluster-set", profile)
+    assert (profile.for_stage("test").time, profile.for_stage("test").mem) == (20, 8.0)
+    assert profile.for_stage("visualize").gpus == 0 and profile.for_stage("visualize").time == 300
+    assert profile.for_stage("train") == profile and profile.source == "--cluster-set"
+    assert cluster.ClusterProfile.model_json_schema()["properties"]["time"]["minimum"] == 1
