@@ -15,9 +15,9 @@ from . import data
 from .config import RunConfig
 from .data.cache import find_cache
 from .errors import ConfigError, InatError
-from .fsutil import write_csv, write_json
+from .fsutil import write_csv
 from .models.common import input_size, load_model
-from .rundir import require_model
+from .rundir import RunDir
 
 log = logging.getLogger("inat")
 
@@ -36,7 +36,7 @@ def evaluate(
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
     run_dir = Path(run_dir).resolve()
-    model_path = require_model(run_dir)
+    model_path = RunDir(Path(run_dir).resolve()).require_model()
     cfg = RunConfig.load(run_dir / "config.yaml")
     splits = data.Splits.load(run_dir / "splits.json", root=str(data_root) if data_root else None)
     model = load_model(model_path)
@@ -63,7 +63,7 @@ def evaluate(
         # say how many so a lower `n` is never a silent surprise.
         log.warning("%d of %d test images could not be decoded and were skipped", expected - metrics["n"], expected)
         metrics["skipped"] = expected - metrics["n"]
-    write_json(run_dir / "test_metrics.json", metrics)
+    RunDir(run_dir).write("test_metrics.json", metrics)
     _write_predictions(run_dir, splits, y_true, y_pred, probs, aligned=metrics["n"] == expected)
     return metrics
 

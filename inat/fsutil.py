@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -122,3 +123,55 @@ def os_reason(exc: OSError, path: Path | None = None, where: str = SCRATCH_HINT)
             return f"{blocker} is a file, not a directory (point {where} at a directory)"
     what = (exc.strerror or str(exc)).lower()
     return f"{what} (point {where} at a writable directory)"
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS)
+
+
+@contextlib.contextmanager
+def run_lock(lock: Path, run_dir: Path) -> Iterator[None]:
+    """Hold `lock` (an flock) for as long as one process trains `run_dir`; refuse if another does.
+
+    Only EWOULDBLOCK/EAGAIN means the lock is held. A file system without locks answers flock()
+    with ENOLCK (NFS without a lock daemon), EOPNOTSUPP/ENOTSUP or ENOSYS (Lustre mounted without
+    `flock`/`localflock`): that is said as such, since no other process is involved.
+    """
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise InatError(f"{run_dir}: another process is training this run right now") from None
+            if exc.errno in _NO_LOCKS:
+                raise InatError(
+                    f"{run_dir}: the file system holding this run does not support file locks "
+                    f"(flock on {lock.name}: {exc.strerror or exc}), and train needs one to keep two "
+                    "processes out of one run; mount it with locks (Lustre: -o flock; -o localflock keeps "
+                    "out only processes on the same node; NFS: run the lock daemon) or put the run on "
+                    "a file system that has them (--out or $INAT_SCRATCH)"
+                ) from None
+            raise InatError(f"{run_dir}: cannot lock {lock}: {exc.strerror or exc}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def short_lock(lock: Path) -> Iterator[None]:
+    """An exclusive flock of `lock` around a short read-modify-write. Where the file system has no
+    locks the block runs unlocked, as such writes did before there was a lock: rare, and harmless
+    but for a lost update between two writers of one record at the same instant."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in _NO_LOCKS:
+                raise
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

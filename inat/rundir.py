@@ -1,21 +1,21 @@
-"""A run directory: its files, its history.csv and commit point, and the one rule for its best epoch.
+"""The one record of a run: `RunDir` owns a run directory's files (RUN_FILES) and every read and write
+of them, the history parser, the table of states (STATES) and the rule for the best epoch.
 
-Light on purpose (no TensorFlow, no Keras): the sweep status, the report and the collector read
+Light on purpose (no TensorFlow, no Keras): the sweep status, the reports and the collector read
 runs with it on a login node, and `train()` writes them with it, so both sides agree by construction
-on which epoch is the best one and what its value is.
+on which epoch is the best one and what its value is. Sweep trials are run directories too.
 
 history.csv holds one row per finished epoch (HISTORY_FIELDS, values with 6 decimals). After a kill
-it may hold one row more than checkpoint/state.json has committed; `committed_rows` leaves it out.
-The order in which train() commits an epoch is in `inat.train`; the bookkeeping it does in the
-directory (its lock, state, run.json, stale temp files, the best model's rename) is here.
+it may hold one row more than checkpoint/state.json has committed; `committed_history` leaves it
+out. The order in which train() commits an epoch is in `inat.train`; the bookkeeping it does in the
+directory (its lock, state, run.json, stale temp files, the best model's rename) is here. run.json
+is read-modify-written under a short flock (`update_info`, `write_info`), so an agent marking a trial
+and the process training it cannot lose each other's fields.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
-import fcntl
 import math
 import os
 import platform
@@ -25,7 +25,7 @@ from typing import Sequence
 
 from .config import RunConfig
 from .errors import InatError
-from .fsutil import os_reason, read_json, write_csv, write_json
+from .fsutil import os_reason, read_json, run_lock, short_lock, write_csv, write_json
 
 # What a run directory holds. `collect` copies everything but the checkpoint folder.
 RUN_FILES = {
@@ -45,68 +45,12 @@ RUN_FILES = {
 HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
 
 
-def state_path(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "checkpoint" / "state.json"
-
-
-def committed_epochs(run_dir: str | os.PathLike) -> int:
-    """Epochs past the commit point (checkpoint/state.json): where the next train() resumes."""
-    path = state_path(run_dir)
-    return int(read_json(path).get("epoch", 0)) if path.exists() else 0
-
-
-def raw_rows(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return [row for row in list(csv.reader(fh))[1:] if row]
+STATES = {"completed": "finished", "pruned": "pruned", "stopped": "pruned", "failed": "failed",
+          "running": "running"}  # run.json status -> the state sweep-status, reports and collect show
 
 
 def parse_rows(rows: Sequence[Sequence[str]]) -> list[dict[str, float]]:
     return [{k: float(v) if v not in ("", None) else math.nan for k, v in zip(HISTORY_FIELDS, r)} for r in rows]
-
-
-def read_history(run_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """Every row of history.csv, committed or not (a kill may leave one uncommitted row)."""
-    return parse_rows(raw_rows(Path(run_dir) / "history.csv"))
-
-
-def best_model_path(run_dir: str | os.PathLike) -> Path:
-    """The committed best model: RUN/model.keras, or, for the one rename after a commit that a kill
-    can interrupt, the checkpoint/best-NNNN.keras that state.json names and that still waits there."""
-    run_dir = Path(run_dir)
-    path = state_path(run_dir)
-    name = read_json(path).get("best_model") if path.exists() else None
-    if name and (run_dir / "checkpoint" / name).is_file():
-        return run_dir / "checkpoint" / name
-    return run_dir / "model.keras"
-
-
-def require_model(run_dir: str | os.PathLike) -> Path:
-    """RUN/model.keras, or the one-line error; checked before a job is submitted for the run, too."""
-    run_dir = Path(run_dir).resolve()
-    if not run_dir.is_dir():
-        raise InatError(f"{run_dir}: run directory not found")
-    model_path = best_model_path(run_dir)
-    if not model_path.is_file():
-        raise InatError(f"{run_dir}: no model.keras here; train it first with `inat-jobs train`")
-    return model_path
-
-
-def committed_rows(run_dir: str | os.PathLike) -> list[dict[str, float]]:
-    """The rows of the epochs the commit point counts (all rows for a run without a state file)."""
-    rows = read_history(run_dir)
-    if not state_path(run_dir).exists():
-        return rows
-    done = committed_epochs(run_dir)
-    return [r for r in rows if int(r["epoch"]) <= done]
-
-
-def trim(path: Path, epochs_done: int) -> None:
-    rows = raw_rows(path)
-    kept = [r for r in rows if int(r[0]) <= epochs_done]
-    if len(kept) != len(rows):
-        write_csv(path, HISTORY_FIELDS, kept)
 
 
 def best_epoch(rows: Sequence[dict[str, float]], monitor: str, maximize: bool) -> tuple[int, float] | None:
@@ -123,113 +67,204 @@ def best_epoch(rows: Sequence[dict[str, float]], monitor: str, maximize: bool) -
     return best
 
 
-# ---- what train() does in the directory --------------------------------------------------------------
+class RunDir:
+    """One run directory: every read and write of its files (RUN_FILES) goes through here."""
 
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
 
-@contextlib.contextmanager
-def exclusive(run_dir: Path):
-    """Refuse to train a run directory that another live process is training (e.g. a stale requeue).
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
-    Only EWOULDBLOCK/EAGAIN means the lock is held. A file system without locks answers flock()
-    with ENOLCK (NFS without a lock daemon), EOPNOTSUPP/ENOTSUP or ENOSYS (Lustre mounted without
-    `flock`/`localflock`): that is said as such, since no other process is involved.
-    """
-    lock = run_dir / ".lock"
-    with open(lock, "a+") as fh:
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ---- where -------------------------------------------------------------------------------------
+
+    def file(self, name: str) -> Path:
+        """RUN/name for a name of RUN_FILES (or the other records: attempts.json, retrain.json)."""
+        return self.path / name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def state_path(self) -> Path:
+        return self.checkpoint_dir / "state.json"
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    def read(self, name: str, default=None):
+        """A JSON record of the run (run.json, test_metrics.json, attempts.json, ...), or `default`."""
+        path = self.file(name)
+        return read_json(path) if path.is_file() else default
+
+    def info(self) -> dict:
+        """run.json, or {} when there is none yet (or it is unreadable: a reader must not fail on it)."""
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise InatError(f"{run_dir}: another process is training this run right now") from None
-            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
-                raise InatError(
-                    f"{run_dir}: the file system holding this run does not support file locks "
-                    f"(flock on {lock.name}: {exc.strerror or exc}), and train needs one to keep two "
-                    "processes out of one run; mount it with locks (Lustre: -o flock; -o localflock keeps "
-                    "out only processes on the same node; NFS: run the lock daemon) or put the run on "
-                    "a file system that has them (--out or $INAT_SCRATCH)"
-                ) from None
-            raise InatError(f"{run_dir}: cannot lock {lock}: {exc.strerror or exc}") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            return self.read("run.json", {})
+        except InatError:
+            return {}
+
+    def state_name(self) -> str:
+        """The run's state as sweep-status, the reports and collect show it (STATES)."""
+        status = self.info().get("status", "running")
+        return STATES.get(status, status)
+
+    def config(self) -> RunConfig:
+        return RunConfig.load(self.file("config.yaml"))
+
+    def has_config(self) -> bool:
+        return self.file("config.yaml").is_file()
+
+    def committed_epochs(self) -> int:
+        """Epochs past the commit point (checkpoint/state.json): where the next train() resumes."""
+        return int(read_json(self.state_path).get("epoch", 0)) if self.state_path.exists() else 0
+
+    def raw_history(self) -> list[list[str]]:
+        path = self.file("history.csv")
+        if not path.exists():
+            return []
+        with open(path, newline="", encoding="utf-8") as fh:
+            return [row for row in list(csv.reader(fh))[1:] if row]
+
+    def history(self) -> list[dict[str, float]]:
+        """Every row of history.csv, committed or not (a kill may leave one uncommitted row)."""
+        return parse_rows(self.raw_history())
+
+    def committed_history(self) -> list[dict[str, float]]:
+        """The rows of the epochs the commit point counts (all rows for a run without a state file)."""
+        rows = self.history()
+        if not self.state_path.exists():
+            return rows
+        done = self.committed_epochs()
+        return [r for r in rows if int(r["epoch"]) <= done]
+
+    def best(self, monitor: str | None = None, maximize: bool | None = None) -> tuple[int, float] | None:
+        """The committed best epoch and its value, by `monitor` (default: the run's own config)."""
+        if monitor is None:
+            cfg = self.config()
+            monitor, maximize = cfg.monitor, cfg.monitor_maximize
+        return best_epoch(self.committed_history(), monitor, True if maximize is None else maximize)
+
+    def best_model_path(self) -> Path:
+        """The committed best model: RUN/model.keras, or, for the one rename after a commit that a
+        kill can interrupt, the checkpoint/best-NNNN.keras that state.json names and that still waits."""
+        name = read_json(self.state_path).get("best_model") if self.state_path.exists() else None
+        if name and (self.checkpoint_dir / name).is_file():
+            return self.checkpoint_dir / name
+        return self.file("model.keras")
+
+    def require_model(self) -> Path:
+        """The run's model, or the one-line error; checked before a job is submitted for the run, too."""
+        if not self.path.is_dir():
+            raise InatError(f"{self.path}: run directory not found")
+        model_path = self.best_model_path()
+        if not model_path.is_file():
+            raise InatError(f"{self.path}: no model.keras here; train it first with `inat-jobs train`")
+        return model_path
+
+    # ---- writing -----------------------------------------------------------------------------------
+
+    def write(self, name: str, data) -> None:
+        """A JSON record, whole or not at all (temp file + rename)."""
+        write_json(self.file(name), data)
+
+    def write_history(self, rows: Sequence[Sequence]) -> None:
+        write_csv(self.file("history.csv"), HISTORY_FIELDS, rows)
+
+    def trim_history(self, epochs_done: int) -> None:
+        rows = self.raw_history()
+        kept = [r for r in rows if int(r[0]) <= epochs_done]
+        if len(kept) != len(rows):
+            self.write_history(kept)
+
+    def commit(self, state: dict) -> None:
+        """Write checkpoint/state.json: the commit point of an epoch (see `inat.train`)."""
+        write_json(self.state_path, state)
+
+    def update_info(self, **fields) -> dict:
+        """Read-modify-write of run.json, safe against a concurrent writer (e.g. an agent marking a
+        trial that another process still trains): the two take turns under an flock of .run.json.lock."""
+        with short_lock(self.file(".run.json.lock")):
+            info = self.info() or {"run_id": self.name}
+            info.update(fields)
+            self.write("run.json", info)
+        return info
+
+    # ---- what train() does in the directory --------------------------------------------------------
+
+    def exclusive(self):
+        """Refuse to train a run directory that another live process is training (e.g. a stale requeue)."""
+        return run_lock(self.file(".lock"), self.path)
+
+    def read_state(self) -> dict | None:
+        """checkpoint/state.json, the commit point, or None for a run that has not committed an epoch."""
+        if not self.state_path.exists():
+            return None
+        state = read_json(self.state_path)
+        if not (self.checkpoint_dir / state.get("checkpoint", "")).is_file():
+            raise InatError(f"{self.state_path}: names a checkpoint that is missing; start a new --run-id")
+        return state
+
+    def check_same_config(self, cfg: RunConfig, resuming: bool) -> None:
+        """A resumed run must be trained with the config it was started with."""
+        if not (resuming and self.has_config()):
+            return
+        old = self.config()
+        if old != cfg:
+            changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict()[k] != v)
+            raise InatError(
+                f"{self.path}: already holds a run with a different config ({', '.join(changed)} differ); "
+                "use a new --run-id, or the same config to resume"
+            )
+
+    def save_config(self, cfg: RunConfig) -> None:
+        cfg.save(self.file("config.yaml"))
+
+    def remove_stale_temps(self) -> None:
+        """Delete what killed writers left behind (call it holding the run's lock)."""
+        # A kill -9 during a save leaves its temp file behind, and one before the commit leaves a best
+        # model of an epoch that does not count; we hold the run's lock, so no live writer owns any.
+        for pattern in (".*.tmp.keras", ".*.tmp"):
+            for path in [*self.path.glob(pattern), *self.checkpoint_dir.glob(pattern)]:
+                path.unlink(missing_ok=True)
+        state = read_json(self.state_path) if self.state_path.exists() else {}
+        for path in self.checkpoint_dir.glob("best-*.keras"):
+            if path.name != state.get("best_model"):
+                path.unlink(missing_ok=True)
+
+    def write_info(self, cfg: RunConfig, splits, status: str, epochs_done: int, versions: dict, **extra) -> None:
+        """run.json: what the run is, how far it got, where and with which library versions."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        with short_lock(self.file(".run.json.lock")):
+            started = self.info().get("started") or now
+            self.write("run.json", {
+                "run_id": self.name,
+                "started": started,
+                "status": status,
+                "epochs_done": epochs_done,
+                "epochs": cfg.epochs,
+                "model": cfg.model,
+                "data_root": splits.root,
+                "classes": splits.classes,
+                "counts": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
+                "host": platform.node(),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "versions": versions,
+                "updated": now,
+                **extra,
+            })
 
 
-def read_state(run_dir: Path) -> dict | None:
-    """checkpoint/state.json, the commit point, or None for a run that has not committed an epoch."""
-    path = state_path(run_dir)
-    if not path.exists():
-        return None
-    state = read_json(path)
-    if not (run_dir / "checkpoint" / state.get("checkpoint", "")).is_file():
-        raise InatError(f"{path}: names a checkpoint that is missing; start a new --run-id")
-    return state
-
-
-def check_same_config(cfg: RunConfig, run_dir: Path, resuming: bool) -> None:
-    """A resumed run must be trained with the config it was started with."""
-    saved = run_dir / "config.yaml"
-    if not (resuming and saved.exists()):
-        return
-    old = RunConfig.load(saved)
-    if old != cfg:
-        changed = sorted(k for k, v in cfg.to_dict().items() if old.to_dict()[k] != v)
-        raise InatError(
-            f"{run_dir}: already holds a run with a different config ({', '.join(changed)} differ); "
-            "use a new --run-id, or the same config to resume"
-        )
-
-
-def remove_stale_temps(run_dir: Path) -> None:
-    """Delete what killed writers left behind (call it holding the run's lock)."""
-    # A kill -9 during a save leaves its temp file behind, and one before the commit leaves a best
-    # model of an epoch that does not count; we hold the run's lock, so no live writer owns any.
-    for pattern in (".*.tmp.keras", ".*.tmp"):
-        for path in [*run_dir.glob(pattern), *(run_dir / "checkpoint").glob(pattern)]:
-            path.unlink(missing_ok=True)
-    state = read_json(state_path(run_dir)) if state_path(run_dir).exists() else {}
-    for path in (run_dir / "checkpoint").glob("best-*.keras"):
-        if path.name != state.get("best_model"):
-            path.unlink(missing_ok=True)
-
-
-def write_run_info(run_dir: Path, cfg: RunConfig, splits, status: str, epochs_done: int, versions: dict,
-                   **extra) -> None:
-    """run.json: what the run is, how far it got, where and with which library versions."""
-    previous = _previous_info(run_dir)
-    info = {
-        "run_id": run_dir.name,
-        "started": previous.get("started") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "status": status,
-        "epochs_done": epochs_done,
-        "epochs": cfg.epochs,
-        "model": cfg.model,
-        "data_root": splits.root,
-        "classes": splits.classes,
-        "counts": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
-        "host": platform.node(),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-        "versions": versions,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **extra,
-    }
-    write_json(run_dir / "run.json", info)
-
-
-def _previous_info(run_dir: Path) -> dict:
-    try:
-        return read_json(run_dir / "run.json")
-    except InatError:
-        return {}
-
-
-def publish_best_model(run_dir: Path, state: dict) -> None:
-    """Rename the committed best model into model.keras, if it still waits in checkpoint/ (readers
-    find it there meanwhile: `best_model_path`)."""
-    name = state.get("best_model")
-    if name and (run_dir / "checkpoint" / name).is_file():
-        os.replace(run_dir / "checkpoint" / name, run_dir / "model.keras")
+    def publish_best_model(self, state: dict) -> None:
+        """Rename the committed best model into model.keras, if it still waits in checkpoint/ (readers
+        find it there meanwhile: `best_model_path`)."""
+        name = state.get("best_model")
+        if name and (self.checkpoint_dir / name).is_file():
+            os.replace(self.checkpoint_dir / name, self.file("model.keras"))
 
 
 def save_model_atomic(model, path: Path) -> None:

@@ -35,11 +35,12 @@ import keras
 import tensorflow as tf
 
 from . import data, rundir, seeding, tracking
+from .rundir import RunDir
 from .config import RunConfig
 from .data.cache import find_cache
 from .data.cache_build import build_cache
 from .errors import InatError
-from .fsutil import make_dir, write_csv, write_json
+from .fsutil import make_dir
 from .models.common import compile_model, input_size, load_model, make_model
 from .models.weights import resolve_weights
 
@@ -82,45 +83,47 @@ def train(
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
     """
     run_dir = Path(run_dir).resolve()
-    if not rundir.state_path(run_dir).exists():
+    run = RunDir(run_dir)
+    if not run.state_path.exists():
         resolve_weights(cfg)  # a missing weights file fails here, before anything is written
     created = not run_dir.exists()
     make_dir(run_dir)
     try:
-        with rundir.exclusive(run_dir):
+        with run.exclusive():
             return _train_locked(
                 cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
             )
     except Exception:
-        if created and not rundir.state_path(run_dir).exists():
+        if created and not run.state_path.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
 def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache):
-    rundir.remove_stale_temps(run_dir)
-    state = rundir.read_state(run_dir)
-    rundir.check_same_config(cfg, run_dir, resuming=state is not None)
-    splits = _prepare_splits(cfg, run_dir, data_root)
-    cfg.save(run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    run.remove_stale_temps()
+    state = run.read_state()
+    run.check_same_config(cfg, resuming=state is not None)
+    splits = _prepare_splits(cfg, run, data_root)
+    run.save_config(cfg)
     seeding.deterministic_from_env()
 
     keras.utils.set_random_seed(cfg.seed)
     if state is not None:
-        rundir.publish_best_model(run_dir, state)
+        run.publish_best_model(state)
         start_epoch = state["epoch"]
-        model = load_model(run_dir / "checkpoint" / state["checkpoint"])
+        model = load_model(run.checkpoint_dir / state["checkpoint"])
         log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
     else:
         start_epoch = 0
         model = make_model(cfg, len(splits.classes))
         compile_model(model, cfg)
-    rundir.trim(run_dir / "history.csv", start_epoch)
+    run.trim_history(start_epoch)
 
-    rundir.write_run_info(run_dir, cfg, splits, status="running", epochs_done=start_epoch, versions=VERSIONS)
+    run.write_info(cfg, splits, status="running", epochs_done=start_epoch, versions=VERSIONS)
     if state is not None and start_epoch >= cfg.epochs:
         log.info("%s already finished all %d epochs", run_dir.name, cfg.epochs)
-        return _finish(run_dir, cfg, splits, state, "completed")
+        return _finish(run, cfg, splits, state, "completed")
 
     size = input_size(cfg)
     cache = _find_or_build_cache(splits, size, cache_root, build_cache) if cache_root is not None else None
@@ -134,7 +137,7 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
         group=wandb_group,
         job_type=wandb_job_type,
     )
-    recorder = RunRecorder(run_dir, cfg, tracker, state)
+    recorder = RunRecorder(run, cfg, tracker, state)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     progress = [EpochProgbar(cfg.epochs)] if verbose else []
@@ -164,14 +167,13 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
                     break
     except BaseException:
         tracker.finish(exit_code=1)
-        rundir.write_run_info(run_dir, cfg, splits, status="failed", epochs_done=recorder.state["epoch"],
-                              versions=VERSIONS)
+        run.write_info(cfg, splits, status="failed", epochs_done=recorder.state["epoch"], versions=VERSIONS)
         raise
     status = "completed" if recorder.state["epoch"] >= cfg.epochs else "stopped"
     tracker.summary({"best_val_accuracy": recorder.state["best_val_accuracy"], "best_epoch": recorder.state["best_epoch"],
                      f"best_{cfg.monitor}": recorder.state.get("best_value"), "status": status})
     tracker.finish()
-    return _finish(run_dir, cfg, splits, recorder.state, status)
+    return _finish(run, cfg, splits, recorder.state, status)
 
 
 class EpochProgbar(keras.callbacks.ProgbarLogger):
@@ -188,9 +190,9 @@ class EpochProgbar(keras.callbacks.ProgbarLogger):
 class RunRecorder(keras.callbacks.Callback):
     """Checkpoint, best model, history and W&B log at the end of every epoch (see module doc)."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, tracker, state: dict | None):
+    def __init__(self, run: RunDir, cfg: RunConfig, tracker, state: dict | None):
         super().__init__()
-        self.run_dir = run_dir
+        self.run = run
         self.cfg = cfg
         self.tracker = tracker
         self.state = dict(state or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0})
@@ -205,11 +207,11 @@ class RunRecorder(keras.callbacks.Callback):
         logs = dict(logs or {})
         number = epoch + 1
         seconds = time.perf_counter() - self._t0
-        ckpt_dir = self.run_dir / "checkpoint"
+        ckpt_dir = self.run.checkpoint_dir
         ckpt_name = f"epoch-{number:04d}.keras"
         rundir.save_model_atomic(self.model, ckpt_dir / ckpt_name)
 
-        rows = [r for r in rundir.raw_rows(self.run_dir / "history.csv") if int(r[0]) < number]
+        rows = [r for r in self.run.raw_history() if int(r[0]) < number]
         values = [rundir.history_value(logs.get(k)) for k in rundir.HISTORY_FIELDS[1:5]]
         rows.append([number, *values, f"{seconds:.2f}"])
         parsed = rundir.parse_rows(rows)
@@ -220,13 +222,13 @@ class RunRecorder(keras.callbacks.Callback):
             rundir.save_model_atomic(self.model, ckpt_dir / pending)
             self.state.update(best_epoch=number, best_value=best[1],
                               best_val_accuracy=parsed[-1]["val_accuracy"], best_model=pending)
-        write_csv(self.run_dir / "history.csv", rundir.HISTORY_FIELDS, rows)
+        self.run.write_history(rows)
 
         previous = self.state.get("checkpoint")
         self.state.update(epoch=number, checkpoint=ckpt_name)
-        write_json(ckpt_dir / "state.json", self.state)  # the commit point
+        self.run.commit(self.state)
         if pending:
-            rundir.publish_best_model(self.run_dir, self.state)
+            self.run.publish_best_model(self.state)
         if previous and previous != ckpt_name:
             (ckpt_dir / previous).unlink(missing_ok=True)
 
@@ -250,13 +252,13 @@ def _find_or_build_cache(splits, image_size: int, cache_root, build: bool):
 # ---- run directory bookkeeping ------------------------------------------------------------------
 
 
-def _prepare_splits(cfg: RunConfig, run_dir: Path, data_root):
-    path = run_dir / "splits.json"
+def _prepare_splits(cfg: RunConfig, run: RunDir, data_root):
+    path = run.file("splits.json")
     if path.exists():
         # Resume and retraining reuse the saved lists, so the split can never drift.
         return data.Splits.load(path, root=str(data_root) if data_root else None)
     if data_root is None:
-        raise InatError(f"{run_dir}: no splits.json here; pass --data ROOT to start a new run")
+        raise InatError(f"{run.path}: no splits.json here; pass --data ROOT to start a new run")
     splits = data.discover(data_root, seed=cfg.seed, val_fraction=cfg.val_fraction)
     splits = data.drop_bad_images(splits)
     splits.save(path)
@@ -264,15 +266,15 @@ def _prepare_splits(cfg: RunConfig, run_dir: Path, data_root):
     return splits
 
 
-def _finish(run_dir, cfg, splits, state, status) -> TrainResult:
+def _finish(run: RunDir, cfg, splits, state, status) -> TrainResult:
     best = float(state.get("best_val_accuracy", -1.0))
     value = float(state.get("best_value", best if cfg.monitor == "val_accuracy" else math.nan))
     goal = "maximize" if cfg.monitor_maximize else "minimize"
-    rundir.write_run_info(
-        run_dir, cfg, splits, status=status, epochs_done=state["epoch"],
+    run.write_info(
+        cfg, splits, status=status, epochs_done=state["epoch"],
         versions=VERSIONS, best_val_accuracy=best, best_epoch=state.get("best_epoch", 0),
         best={"metric": cfg.monitor, "goal": goal, "epoch": state.get("best_epoch", 0), "value": value},
     )
-    return TrainResult(run_dir, state["epoch"], best, state.get("best_epoch", 0), status, value)
+    return TrainResult(run.path, state["epoch"], best, state.get("best_epoch", 0), status, value)
 
 

@@ -25,8 +25,8 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 from inat import layout
 from inat.config import RunConfig
 from inat.errors import InatError
-from inat.fsutil import read_json, write_json
-from inat.rundir import committed_epochs
+
+from inat.rundir import RunDir
 from inat.sweep import best_configs, load_sweep, wandb_backend
 from inat.sweep.local import run_agent, trials_ended_by
 
@@ -57,7 +57,8 @@ def record_attempt(path: Path, outcome: str | None = None, run_dir: Path | None 
     run, `run_dir` gives the epochs already committed when the attempt started (null if its state
     file is unreadable: the attempt then fails, and says why, as its outcome).
     """
-    attempts = read_json(path) if path.is_file() else []
+    records = RunDir(path.parent)  # a run directory, or an agent's folder: the same JSON record rules
+    attempts = records.read(path.name, [])
     if outcome is None:
         attempts.append({
             "slurm_job_id": _slurm_job_id(),
@@ -71,12 +72,12 @@ def record_attempt(path: Path, outcome: str | None = None, run_dir: Path | None 
             attempts[-1]["epochs_done_at_start"] = _committed_epochs(run_dir)
     elif attempts:
         attempts[-1].update(outcome=outcome, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    write_json(path, attempts)
+    records.write(path.name, attempts)
 
 
 def _committed_epochs(run_dir: Path) -> int | None:
     try:
-        return committed_epochs(run_dir)
+        return RunDir(run_dir).committed_epochs()
     except InatError:
         return None
 
@@ -167,7 +168,7 @@ def pick_config(sweep_dir: Path, rank: int, seed: int, epochs: int | None):
 
 def write_origin(run_dir: Path, sweep_id: str, picked, rank: int, seed: int) -> None:
     """retrain.json: which trial a retraining run comes from, and the sweep's numbers for it."""
-    write_json(run_dir / "retrain.json", {
+    RunDir(run_dir).write("retrain.json", {
         "sweep_id": sweep_id, "trial": picked.trial, "rank": rank, "seed": seed,
         "sweep_metric": picked.metric, "sweep_value": picked.value, "sweep_best_epoch": picked.epoch,
         "sweep_val_accuracy": picked.val_accuracy,

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from inat.rundir import best_model_path, read_history
+from inat.rundir import RunDir
 
 EPOCHS = 12
 
@@ -49,9 +49,9 @@ def stage(run_dir: Path) -> str:
              if (m := re.fullmatch(r"epoch-(\d+)\.keras", p.name))]
     if _best_uncommitted(run_dir):
         return "best model saved, not yet committed"
-    if best_model_path(run_dir).parent.name == "checkpoint":
+    if RunDir(run_dir).best_model_path().parent.name == "checkpoint":
         return "best model committed, model.keras not yet renamed"
-    if len(read_history(run_dir)) > done:
+    if len(RunDir(run_dir).history()) > done:
         return "history.csv ahead of state.json"
     if saved and max(saved) > done:
         return "checkpoint saved, state.json not yet"
@@ -79,7 +79,7 @@ def _best_uncommitted(run_dir: Path) -> bool:
 
 def _history_ahead(run_dir: Path) -> bool:
     try:
-        return len(read_history(run_dir)) > committed(run_dir)
+        return len(RunDir(run_dir).history()) > committed(run_dir)
     except (ValueError, OSError):
         return False
 
@@ -108,16 +108,16 @@ def hit():
     seen[0] += 1
     if seen[0] >= int(n):
         os.kill(os.getpid(), signal.SIGKILL)
-save, publish = r.save_model_atomic, r.publish_best_model
+save, publish = r.save_model_atomic, r.RunDir.publish_best_model
 def saving(model, path):
     save(model, path)
     if where == "saved" and path.name.startswith("best-"):
         hit()
-def publishing(run_dir, state):
-    if where == "committed" and (run_dir / "checkpoint" / state.get("best_model", "-")).is_file():
+def publishing(run, state):
+    if where == "committed" and (run.checkpoint_dir / state.get("best_model", "-")).is_file():
         hit()
-    publish(run_dir, state)
-r.save_model_atomic, r.publish_best_model = saving, publishing
+    publish(run, state)
+r.save_model_atomic, r.RunDir.publish_best_model = saving, publishing
 from jobs.cli import main
 sys.argv[0] = "inat-jobs"
 main()
@@ -135,13 +135,13 @@ def check_model_is_committed_best(run_dir: Path) -> str:
         assert not (run_dir / "model.keras").exists(), "a model.keras before any epoch was committed"
         return "no epoch committed, no model.keras"
     state = json.loads((run_dir / "checkpoint" / "state.json").read_text())
-    rows = {int(r["epoch"]): r for r in read_history(run_dir)}
+    rows = {int(r["epoch"]): r for r in RunDir(run_dir).history()}
     best = rows[state["best_epoch"]]
     committed_rows = [r for e, r in rows.items() if e <= state["epoch"]]
     assert best["val_loss"] == min(r["val_loss"] for r in committed_rows), (state, rows)
     splits = data.Splits.load(run_dir / "splits.json")
     val = data.dataset_for(splits, "val", 32, 16, training=False)
-    path = best_model_path(run_dir)  # model.keras, or the committed best still waiting to be renamed
+    path = RunDir(run_dir).best_model_path()  # model.keras, or the committed best still waiting to be renamed
     model = keras.saving.load_model(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Your input ran out of data")
@@ -208,7 +208,7 @@ def test_kill9_at_twelve_moments_then_resume(tmp_path, demo_data):
     for (_, s, _), c in zip(kills, checks):
         print(f"  {s}: {c}")
 
-    epochs = [int(row["epoch"]) for row in read_history(run_dir)]
+    epochs = [int(row["epoch"]) for row in RunDir(run_dir).history()]
     assert epochs == list(range(1, EPOCHS + 1))
     last_done = kills[-1][2] if kills else 0
     if last_done and not finished_early:  # the last start resumed, it did not restart
@@ -222,7 +222,7 @@ def test_kill9_at_twelve_moments_then_resume(tmp_path, demo_data):
     check_model_is_committed_best(run_dir)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["best"]["metric"] == "val_loss" and info["best"]["goal"] == "minimize"
-    rows = {int(r["epoch"]): r for r in read_history(run_dir)}
+    rows = {int(r["epoch"]): r for r in RunDir(run_dir).history()}
     assert info["best"]["epoch"] == min(rows, key=lambda e: (rows[e]["val_loss"], e))
     assert info["best"]["value"] == rows[info["best"]["epoch"]]["val_loss"]
     assert len(kills) >= 10, "the test must actually have interrupted training"

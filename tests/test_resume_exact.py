@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from inat.rundir import committed_epochs, read_history
+from inat.rundir import RunDir
 from inat.seeding import epoch_seed, reseed_model
 
 EPOCHS = 4
@@ -58,7 +58,7 @@ def test_a_run_killed_after_epoch_2_and_resumed_equals_the_unbroken_run(tmp_path
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         try:
-            if committed_epochs(killed) >= 2:
+            if RunDir(killed).committed_epochs() >= 2:
                 break
         except Exception:  # state.json mid-rename: poll again
             pass
@@ -66,7 +66,7 @@ def test_a_run_killed_after_epoch_2_and_resumed_equals_the_unbroken_run(tmp_path
     assert proc.poll() is None, "training ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    at_kill = committed_epochs(killed)
+    at_kill = RunDir(killed).committed_epochs()
     assert 2 <= at_kill < EPOCHS, f"the kill must land after epoch 2 and before the end (at {at_kill})"
 
     resumed = subprocess.run(_cmd(demo_data, tmp_path, "killed"), env=_env(), capture_output=True, text=True,
@@ -74,7 +74,7 @@ def test_a_run_killed_after_epoch_2_and_resumed_equals_the_unbroken_run(tmp_path
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming killed after epoch {at_kill} of {EPOCHS}" in resumed.stderr
 
-    a, b = read_history(tmp_path / "runs" / "whole"), read_history(killed)
+    a, b = RunDir(tmp_path / "runs" / "whole").history(), RunDir(killed).history()
     assert [int(r["epoch"]) for r in b] == list(range(1, EPOCHS + 1))
     for ra, rb in zip(a, b):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):

@@ -7,7 +7,7 @@ import pytest
 from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
 from inat.fsutil import write_json
-from inat.rundir import best_epoch, best_model_path, committed_rows
+from inat.rundir import RunDir, best_epoch
 
 NAN = math.nan
 
@@ -31,18 +31,18 @@ def test_best_epoch(values, maximize, expected):
 def test_committed_rows_leave_out_a_row_past_the_commit_point(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss,accuracy,val_loss,val_accuracy,seconds\n"
                                           "1,1,0,1,0,1\n2,1,0,0.5,0,1\n3,1,0,0.1,0,1\n")
-    assert len(committed_rows(tmp_path)) == 3  # no state file: nothing to trim against
+    assert len(RunDir(tmp_path).committed_history()) == 3  # no state file: nothing to trim against
     write_json(tmp_path / "checkpoint" / "state.json", {"epoch": 2})
-    got = committed_rows(tmp_path)
+    got = RunDir(tmp_path).committed_history()
     assert [int(r["epoch"]) for r in got] == [1, 2] and best_epoch(got, "val_loss", False) == (2, 0.5)
 
 
 def test_best_model_path_prefers_a_committed_best_that_waits_in_checkpoint(tmp_path):
-    assert best_model_path(tmp_path) == tmp_path / "model.keras"
+    assert RunDir(tmp_path).best_model_path() == tmp_path / "model.keras"
     write_json(tmp_path / "checkpoint" / "state.json", {"epoch": 3, "best_model": "best-0003.keras"})
-    assert best_model_path(tmp_path) == tmp_path / "model.keras"  # already renamed
+    assert RunDir(tmp_path).best_model_path() == tmp_path / "model.keras"  # already renamed
     (tmp_path / "checkpoint" / "best-0003.keras").write_bytes(b"x")
-    assert best_model_path(tmp_path) == tmp_path / "checkpoint" / "best-0003.keras"
+    assert RunDir(tmp_path).best_model_path() == tmp_path / "checkpoint" / "best-0003.keras"
 
 
 def test_monitor_keys():
@@ -64,7 +64,6 @@ def test_a_run_locked_by_another_process_is_refused(tmp_path):
     import subprocess
     import sys
 
-    from inat.rundir import exclusive
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -76,12 +75,12 @@ def test_a_run_locked_by_another_process_is_refused(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(InatError, match="another process is training this run right now"):
-            with exclusive(run_dir):
+            with RunDir(run_dir).exclusive():
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with exclusive(run_dir):  # the holder is gone: the lock is free again
+    with RunDir(run_dir).exclusive():  # the holder is gone: the lock is free again
         pass
 
 
@@ -92,7 +91,6 @@ def test_a_file_system_without_locks_is_named_not_blamed_on_another_process(tmp_
     import fcntl
     import os
 
-    from inat.rundir import exclusive
 
     code = getattr(errno, name)
 
@@ -103,7 +101,7 @@ def test_a_file_system_without_locks_is_named_not_blamed_on_another_process(tmp_
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(InatError) as err:
-        with exclusive(run_dir):
+        with RunDir(run_dir).exclusive():
             pytest.fail("trained without a lock")
     message = str(err.value)
     assert "another process" not in message
@@ -116,7 +114,6 @@ def test_any_other_lock_error_is_not_blamed_on_another_process(tmp_path, monkeyp
     import errno
     import fcntl
 
-    from inat.rundir import exclusive
 
     def broken(fd, operation):
         raise OSError(errno.EIO, "Input/output error")
@@ -124,6 +121,33 @@ def test_any_other_lock_error_is_not_blamed_on_another_process(tmp_path, monkeyp
     monkeypatch.setattr(fcntl, "flock", broken)
     (tmp_path / "run").mkdir()
     with pytest.raises(InatError, match=r"run: cannot lock .*\.lock: Input/output error") as err:
-        with exclusive(tmp_path / "run"):
+        with RunDir(tmp_path / "run").exclusive():
             pass
     assert "another process" not in str(err.value)
+
+
+def test_run_json_updates_from_two_processes_lose_nothing(tmp_path):
+    """update_info is a read-modify-write under a lock: 2 processes x 60 updates, every field kept."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "run").mkdir()
+    code = ("import sys\nfrom inat.rundir import RunDir\nrun = RunDir(sys.argv[1])\n"
+            "for i in range(60):\n    run.update_info(**{f'{sys.argv[2]}{i}': i})\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "run"), who],
+                              env={"PYTHONPATH": str(REPO)}) for who in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    info = RunDir(tmp_path / "run").info()
+    assert {f"{w}{i}" for w in "ab" for i in range(60)} <= set(info), len(info)
+
+
+def test_run_dir_reads_states_through_one_table(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.state_name() == "running" and run.info() == {}
+    for status, state in (("completed", "finished"), ("stopped", "pruned"), ("pruned", "pruned"),
+                          ("failed", "failed")):
+        run.update_info(status=status)
+        assert run.state_name() == state
+    assert run.info()["run_id"] == tmp_path.name

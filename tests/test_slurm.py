@@ -176,9 +176,9 @@ def assert_same_run(a: Path, b: Path, tol: float = 1e-6) -> None:
     import keras
     import numpy as np
 
-    from inat.rundir import read_history
+    from inat.rundir import RunDir
 
-    ha, hb = read_history(a), read_history(b)
+    ha, hb = RunDir(a).history(), RunDir(b).history()
     assert [r["epoch"] for r in ha] == [r["epoch"] for r in hb]
     for ra, rb in zip(ha, hb):
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):

@@ -11,12 +11,12 @@ import pytest
 from conftest import SHARED_DATA, require
 from inat.config import RunConfig
 from inat.errors import InatError
-from inat.rundir import read_history
+from inat.rundir import RunDir
 from inat.train import train
 
 
 def _epochs(run_dir):
-    return [int(row["epoch"]) for row in read_history(run_dir)]
+    return [int(row["epoch"]) for row in RunDir(run_dir).history()]
 
 
 def test_run_directory_has_everything(trained_run, tiny_cfg):

@@ -15,10 +15,10 @@ import json
 import os
 from pathlib import Path
 
-from ..config import RunConfig
+
 from ..errors import InatError
 from ..fsutil import read_json, write_text
-from ..rundir import read_history
+from ..rundir import RunDir
 from .trials import read_trials, swept_keys
 
 # Figures in the order a reader wants them, with what they show.
@@ -60,8 +60,8 @@ def write_report(path: str | os.PathLike) -> Path:
 
 
 def run_page(run_dir: Path) -> str:
-    info = _json_or_empty(run_dir / "run.json")
-    cfg = RunConfig.load(run_dir / "config.yaml")
+    run = RunDir(run_dir)
+    info, cfg = run.info(), run.config()
     parts = [f"<h1>Run {_e(run_dir.name)}</h1>", _kv_table({
         "model": cfg.model, "status": info.get("status", "?"),
         "epochs": f"{info.get('epochs_done', '?')} of {cfg.epochs}",
@@ -69,12 +69,12 @@ def run_page(run_dir: Path) -> str:
         "data": info.get("data_root", "?"), "updated": info.get("updated", "?"),
     })]
     parts.append("<h2>Test metrics</h2>")
-    metrics_path = run_dir / "test_metrics.json"
-    if metrics_path.is_file():
-        parts.append(_metrics_html(read_json(metrics_path)))
+    metrics = run.read("test_metrics.json")
+    if metrics is not None:
+        parts.append(_metrics_html(metrics))
     else:
         parts.append('<p class="note">No test_metrics.json: run <code>inat-jobs test --run RUN</code>.</p>')
-    history = read_history(run_dir)
+    history = run.history()
     parts.append("<h2>Training history</h2>")
     parts.append(_img(_history_png(history), "loss and accuracy per epoch") if history
                  else '<p class="note">No finished epoch yet.</p>')

@@ -2,13 +2,13 @@
 
 Everything is read from SWEEP/trials/<trial>/ (config.yaml, run.json, history.csv), which both sweep
 backends write, so the report needs neither the W&B server nor the Optuna storage and works
-offline, on a copy, or while the sweep is still running. A trial's best val_accuracy here is the
-highest of its history, whatever the sweep ranks by (`inat.sweep.best_configs` ranks).
+offline, on a copy, or while the sweep is still running. A trial's best epoch here is the one its
+model.keras holds (by the trial's `monitor`, which a sweep sets to its metric: `inat.rundir.RunDir.best`),
+and `best_val_accuracy` is that epoch's val_accuracy.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import math
 import os
@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from ..config import RunConfig
-from ..fsutil import read_json
-from ..sweep.store import STATES
+
+from ..rundir import RunDir
 
 # The first columns of trials.csv; then every config key.
 LEAD = ["trial", "state", "epochs_done", "best_val_accuracy", "best_epoch", "started"]
@@ -54,15 +53,14 @@ def read_trials(sweep_dir: str | os.PathLike) -> list[Trial]:
 
 
 def read_trial(run_dir: Path) -> Trial:
-    info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    history = _history(run_dir / "history.csv")
-    scored = [(row["val_accuracy"], int(row["epoch"])) for row in history
-              if not math.isnan(row.get("val_accuracy", math.nan))]
-    best = max(scored) if scored else None
-    config = RunConfig.load(run_dir / "config.yaml").to_dict()
-    status = info.get("status", "running")
-    return Trial(run_dir.name, STATES.get(status, status), len(history), best[0] if best else None,
-                 best[1] if best else None, started_time(run_dir, info, history), config)
+    run = RunDir(run_dir)
+    info, history = run.info(), run.committed_history()
+    config = run.config()
+    best = run.best(config.monitor, config.monitor_maximize)
+    at = next((r for r in history if best and int(r["epoch"]) == best[0]), {})
+    val_acc = at.get("val_accuracy", math.nan)
+    return Trial(run.name, run.state_name(), len(history), None if math.isnan(val_acc) else val_acc,
+                 best[0] if best else None, started_time(run_dir, info, history), config.to_dict())
 
 
 def started_time(run_dir: Path, info: dict, history: list[dict] | None = None) -> dt.datetime:
@@ -120,17 +118,3 @@ def display(value: Any) -> str | float | int | bool:
     if isinstance(value, (list, tuple)):
         return "-".join(str(v) for v in value)
     return value
-
-
-def _history(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    out = []
-    for row in rows:
-        try:
-            out.append({k: float(v) if v not in ("", None) else math.nan for k, v in row.items()})
-        except ValueError:
-            continue  # a row cut by a crash mid-write: the next epoch rewrites the file anyway
-    return out

@@ -22,10 +22,10 @@ import numpy as np
 from .. import data
 from ..config import RunConfig
 from ..errors import InatError
-from ..fsutil import read_json
+
 from ..models.common import conv_layer_names, input_size, load_model
 from ..models.transfer import Preprocess, base_model
-from ..rundir import require_model
+from ..rundir import RunDir
 from . import guided, plots
 from .names import WHAT, parse_what
 
@@ -81,7 +81,7 @@ class _Run:
     @property
     def model(self):
         if self._model is None:
-            self._model = load_model(require_model(self.dir))
+            self._model = load_model(RunDir(self.dir).require_model())
         return self._model
 
     @property
@@ -256,7 +256,7 @@ def _confusion(run: _Run, pdf: bool, **_) -> list[Path]:
 
         log.info("visualize: no test_metrics.json yet; evaluating %s on the test split first", run.dir.name)
         evaluate(run.dir, run.data_root)
-    metrics = read_json(path)
+    metrics = RunDir(run.dir).read("test_metrics.json")
     cm = np.asarray(metrics["confusion_matrix"])
     fig = plots.confusion_figure(
         cm, metrics["classes"],

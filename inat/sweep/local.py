@@ -22,7 +22,7 @@ from .. import layout, tracking
 from ..config import RunConfig
 from ..errors import InatError
 from ..fsutil import write_json
-from ..rundir import committed_rows
+from ..rundir import RunDir
 from .liveness import (
     HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, requeue, run_dir_of, set_attr,
     superseded, tell, trial_states,
@@ -237,7 +237,7 @@ def _new_runs_before(study, trial) -> int:
 
 
 def _history_metric(run_dir: Path, metric: str) -> list[tuple[int, float]]:
-    rows = committed_rows(run_dir)
+    rows = RunDir(run_dir).committed_history()
     return [(int(r["epoch"]), r[metric]) for r in rows if r.get(metric) == r.get(metric)]  # skips NaN
 
 

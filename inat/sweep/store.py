@@ -28,13 +28,10 @@ from ..config import RunConfig
 from ..data.splits import check_root
 from ..errors import ConfigError, InatError
 from ..fsutil import atomic_path, make_dir, read_json, write_json
-from ..rundir import best_epoch, committed_rows
+from ..rundir import RunDir
 from .spec import SweepSpec, load_spec
 
 BACKENDS = ("local", "wandb")
-# run.json status -> the state sweep-status shows
-STATES = {"completed": "finished", "pruned": "pruned", "stopped": "pruned", "failed": "failed",
-          "running": "running"}
 
 
 @dataclass
@@ -154,19 +151,19 @@ def read_trial(run_dir: Path, metric: str = "val_accuracy", maximize: bool = Tru
     over the committed epochs), so for a trial trained with the sweep's metric it is the epoch its
     model.keras holds; `best_val_accuracy` is the val_accuracy of that epoch.
     """
-    info = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
-    history = committed_rows(run_dir)
-    best = best_epoch(history, metric, maximize)
+    run = RunDir(run_dir)
+    history = run.committed_history()
+    best = run.best(metric, maximize)
     at = next((r for r in history if best and int(r["epoch"]) == best[0]), {})
     val_acc = at.get("val_accuracy", math.nan)
     return {
-        "trial": run_dir.name,
-        "state": STATES.get(info.get("status", "running"), info.get("status", "running")),
+        "trial": run.name,
+        "state": run.state_name(),
         "epochs_done": len(history),
         "best_metric": best[1] if best else None,
         "best_epoch": best[0] if best else None,
         "best_val_accuracy": None if math.isnan(val_acc) else val_acc,
-        "config_path": run_dir / "config.yaml",
+        "config_path": run.file("config.yaml"),
     }
 
 
@@ -199,10 +196,7 @@ def best_configs(sweep_dir: str | os.PathLike, top_k: int = 1) -> list[Ranked]:
 
 def mark_run(run_dir: Path, status: str, **extra: Any) -> None:
     """Record the sweep's verdict in the trial's run.json (train() only knows completed/stopped/failed)."""
-    path = run_dir / "run.json"
-    info = read_json(path) if path.is_file() else {"run_id": run_dir.name}
-    info.update(status=status, **extra)
-    write_json(path, info)
+    RunDir(run_dir).update_info(status=status, **extra)
 
 
 def trial_dirs(trials: Path) -> list[Path]:

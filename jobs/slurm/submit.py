@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from inat import layout
 from inat.errors import InatError
 from inat.fsutil import read_json, write_json
-from inat.rundir import require_model
+from inat.rundir import RunDir
 
 from .profile import ClusterProfile, load_profile, make_executor, resolve_cluster
 
@@ -137,7 +137,7 @@ def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_
         return False
     profile = load_profile(profile_path, cluster_set or [], image)
     for run in runs:  # a job for a run without a model would only fail on the node
-        require_model(run)
+        RunDir(Path(run).resolve()).require_model()
     group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile)
     print(f"{stage}: submitted job {sub.job_id} ({len(sub.task_ids)} task(s)): {', '.join(sub.task_ids)}")
     print(f"watch:   inat-jobs status {group}")

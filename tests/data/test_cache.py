@@ -95,11 +95,11 @@ def test_matching_cache_is_what_training_reads(root, tmp_path):
     uncached = data.dataset_for(splits, "val", SIZE, 8, training=False)
     assert sum(len(y) for _, y in uncached) == 0  # every image fails to decode and is dropped
 
-    from inat.rundir import read_history
+    from inat.rundir import RunDir
     from inat.train import train
 
     result = train(cfg, run_dir, root, cache_root=cache_root, build_cache=False, verbose=0)
-    assert result.status == "completed" and len(read_history(run_dir)) == 1
+    assert result.status == "completed" and len(RunDir(run_dir).history()) == 1
 
 
 @pytest.mark.parametrize("change", ["touch", "add", "remove", "resize"])

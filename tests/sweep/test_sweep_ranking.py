@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, run_cli
 from inat.config import RunConfig
 from inat.fsutil import read_json
-from inat.rundir import committed_rows
+from inat.rundir import RunDir
 
 
 def _val_metrics(run_dir):
@@ -62,7 +62,7 @@ def test_a_val_loss_sweep_ranks_and_keeps_the_lowest_val_loss_epoch(tmp_path):
     lowest, apart = {}, 0
     for t in report["trials"]:
         run = trials_dir / t["trial"]
-        rows = committed_rows(run)
+        rows = RunDir(run).committed_history()
         epoch = min(rows, key=lambda r: (r["val_loss"], r["epoch"]))
         lowest[t["trial"]] = epoch["val_loss"]
         best = read_json(run / "run.json")["best"]
