@@ -32,8 +32,6 @@ PACKAGES = ("inat", "jobs")
 # to import than everything --help loads.
 HEAVY = ("tensorflow", "keras", "matplotlib", "optuna", "wandb", "submitit", "numpy", "PIL")
 MAX_LINES = 330
-# The profile schema and the executors share jobs/slurm/profile.py until its validation is rewritten.
-LONG_FOR_NOW = {"jobs/slurm/profile.py"}
 
 
 @dataclass
@@ -286,7 +284,7 @@ def violations(modules: dict[str, Module]) -> dict[str, list[str]]:
                 found["private"].append(f"{where}:{node.lineno} uses .{node.attr}, private to {others}")
         if mod.is_package and mod.name in heavy:
             found["lazy"].append(f"{where}: a package __init__ must stay light, but it {heavy[mod.name]}")
-        if len(mod.lines) > MAX_LINES and mod.rel not in LONG_FOR_NOW:
+        if len(mod.lines) > MAX_LINES:
             found["size"].append(f"{where}: {len(mod.lines)} lines (at most {MAX_LINES})")
     return {k: list(dict.fromkeys(v)) for k, v in found.items() if v}
 

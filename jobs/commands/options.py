@@ -1,8 +1,8 @@
 """The typer options that more than one command takes, defined once so that their flags, defaults
 and help read the same everywhere.
 
-The cluster options (--cluster, --profile, --cluster-set, --image) are defined with the cluster
-profile they fill, in `jobs.slurm.profile`, and listed here with the others.
+The cluster options (--cluster, --profile, --cluster-set, --image) fill the cluster profile of
+`jobs.slurm.profile`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import typer
 
 from inat.sweep.liveness import MIN_STALE_AFTER_S, STALE_AFTER_S
 
-from ..slurm.profile import ClusterOpt, ClusterSetOpt, ImageOpt, ProfileOpt, RunsClusterOpt
+from ..slurm.profile import PROFILE_ENV
 
 __all__ = [
     "AgentsOpt", "BackendOpt", "ClusterOpt", "ClusterSetOpt", "ConfigOpt", "DataOpt", "EpochsOpt", "ImageOpt",
@@ -62,3 +62,27 @@ SeedsOpt = typer.Option(
 EpochsOpt = typer.Option(None, "--epochs", help="Epochs for retraining (default: the trial's).")
 WaitOpt = typer.Option(False, "--wait", help="Block until the jobs end; exit 1 if one failed.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object and nothing else on stdout.")
+
+# ---- cluster -----------------------------------------------------------------------------------------
+
+ClusterOpt = typer.Option(
+    None, "--cluster", help="slurm: submit Slurm jobs; local: run on this machine; auto (default): Slurm "
+    "when sbatch is here and the controller answers, else local."
+)
+RunsClusterOpt = typer.Option(
+    None, "--cluster", help="Run as one Slurm array job, one task per run (slurm; auto: Slurm when "
+    "available). Default: in this process."
+)
+ProfileOpt = typer.Option(
+    None, "--profile", help=f"Cluster profile YAML (partition, time, gpus, ...; see "
+    f"configs/clusters/example.yaml). Default: ${PROFILE_ENV}, else Slurm's defaults."
+)
+ClusterSetOpt = typer.Option(
+    None, "--cluster-set", help="Override one cluster-profile key, e.g. --cluster-set time=30 "
+    "--cluster-set partition=gpu. Repeatable."
+)
+ImageOpt = typer.Option(
+    None, "--image", help="Run the Slurm jobs in this Apptainer image (.sif, from containers/build.sh): "
+    "apptainer exec [--nv] -B SCRATCH[,$INAT_BIND] IMAGE python. Default: the profile's `image`, else "
+    "$INAT_IMAGE.", dir_okay=False,
+)

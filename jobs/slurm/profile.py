@@ -35,7 +35,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from inat import layout
@@ -49,29 +48,6 @@ PROFILE_ENV = "INAT_CLUSTER_PROFILE"
 PING_TIMEOUT_S = 5.0
 # sbatch options the submission layer owns; a profile's `extra` may not set them.
 RESERVED_SBATCH = {"array", "output", "error", "dependency", "open-mode", "signal", "job-name", "wckey"}
-
-ClusterOpt = typer.Option(
-    None, "--cluster", help="slurm: submit Slurm jobs; local: run on this machine; auto (default): Slurm "
-    "when sbatch is here and the controller answers, else local."
-)
-RunsClusterOpt = typer.Option(
-    None, "--cluster", help="Run as one Slurm array job, one task per run (slurm; auto: Slurm when "
-    "available). Default: in this process."
-)
-ProfileOpt = typer.Option(
-    None, "--profile", help=f"Cluster profile YAML (partition, time, gpus, ...; see "
-    f"configs/clusters/example.yaml). Default: ${PROFILE_ENV}, else Slurm's defaults."
-)
-ClusterSetOpt = typer.Option(
-    None, "--cluster-set", help="Override one cluster-profile key, e.g. --cluster-set time=30 "
-    "--cluster-set partition=gpu. Repeatable."
-)
-ImageOpt = typer.Option(
-    None, "--image", help="Run the Slurm jobs in this Apptainer image (.sif, from containers/build.sh): "
-    "apptainer exec [--nv] -B SCRATCH[,$INAT_BIND] IMAGE python. Default: the profile's `image`, else "
-    "$INAT_IMAGE.", dir_okay=False,
-)
-
 
 class _Keys(BaseModel):
     """The profile keys: what a file, --cluster-set or a stage may set."""
