@@ -340,16 +340,23 @@ EOF
 
 dbd_ok() { timeout "$CLIENT_TIMEOUT" sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1; }
 
-start_slurmdbd() {
-    if pid_of "$SLURMDBD_PIDFILE" slurmdbd >/dev/null && ! conf_changed slurmdbd && dbd_ok; then
-        return 0
+# restart_unless_up NAME PIDFILE CHECK LOG...: leave daemon NAME alone if it runs with the current
+# config and CHECK passes (returns 1); else (re)start /usr/sbin/NAME and wait until CHECK passes,
+# showing the LOGs if it does not (returns 0).
+restart_unless_up() {
+    local name=$1 pidfile=$2 check=$3
+    shift 3
+    if pid_of "$pidfile" "$name" >/dev/null && ! conf_changed "$name" && "$check"; then
+        return 1
     fi
-    stop_daemon slurmdbd "$SLURMDBD_PIDFILE" slurmdbd
-    log "starting slurmdbd"
-    /usr/sbin/slurmdbd || die "slurmdbd failed to start" "$SLURMDBD_LOG"
-    # The first start creates the tables, which takes a few seconds.
-    wait_up slurmdbd "$SLURMDBD_PIDFILE" slurmdbd dbd_ok "$SLURMDBD_LOG" "$MYSQL_LOG"
+    stop_daemon "$name" "$pidfile" "$name"
+    log "starting $name"
+    "/usr/sbin/$name" || die "$name failed to start" "$1"
+    wait_up "$name" "$pidfile" "$name" "$check" "$@"
 }
+
+# The first start creates the accounting tables, which takes a few seconds.
+start_slurmdbd() { restart_unless_up slurmdbd "$SLURMDBD_PIDFILE" dbd_ok "$SLURMDBD_LOG" "$MYSQL_LOG" || true; }
 
 register_cluster() {
     if timeout "$CLIENT_TIMEOUT" sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER_NAME"; then
@@ -364,14 +371,9 @@ ctld_ok() { timeout "$CLIENT_TIMEOUT" scontrol ping 2>/dev/null | grep -q 'is UP
 
 CTLD_RESTARTED=0
 start_slurmctld() {
-    if pid_of "$SLURMCTLD_PIDFILE" slurmctld >/dev/null && ! conf_changed slurmctld && ctld_ok; then
-        return 0
+    if restart_unless_up slurmctld "$SLURMCTLD_PIDFILE" ctld_ok "$SLURMCTLD_LOG"; then
+        CTLD_RESTARTED=1
     fi
-    stop_daemon slurmctld "$SLURMCTLD_PIDFILE" slurmctld
-    log "starting slurmctld"
-    /usr/sbin/slurmctld || die "slurmctld failed to start" "$SLURMCTLD_LOG"
-    wait_up slurmctld "$SLURMCTLD_PIDFILE" slurmctld ctld_ok "$SLURMCTLD_LOG"
-    CTLD_RESTARTED=1
 }
 
 start_slurmd() {
