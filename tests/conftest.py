@@ -55,9 +55,14 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
     import traceback
     import warnings
 
+    import submitit  # noqa: F401 - see below
     from typer.testing import CliRunner
 
     from jobs.cli import main
+
+    # submitit's first import runs logging.config.dictConfig, which closes every logging handler; absl's
+    # (TensorFlow's) then closes its stream, pytest's capture, unless that is the current sys.stderr.
+    # So it is imported here, before sys.stderr is swapped, never inside the call.
 
     root = logging.getLogger()
     saved = root.handlers[:], root.level, sys.argv, os.getcwd()
