@@ -29,13 +29,88 @@ def require(condition: bool, reason: str) -> None:
 
 
 def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 600):
-    """Run `inat-jobs ARGS` in a subprocess, as a user would."""
+    """Run `inat-jobs ARGS` in a subprocess, as a user would.
+
+    A fresh process costs a TensorFlow import (seconds) for most commands; use it where that process
+    is the point: what TensorFlow writes to file descriptor 2 while it loads (jobs/quiet.py), start-up
+    of the real entry point, environment read at import time, signals, or child processes whose
+    output must land in the result. Everything else goes through `cli`."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "jobs", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
     )
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `inat-jobs ARGS` in this process, through the real entry point `jobs.cli.main`, and return
+    what a user would see, like `run_cli` does: the exit status (2 and one `inat-jobs: error: ...` line
+    for a user error, 1 and a traceback for a bug), stdout, and stderr with the `LEVEL: message` log
+    lines main() sets up and the warnings a fresh interpreter would print.
+
+    It cannot see what bypasses Python's sys.stdout/sys.stderr (TensorFlow's C++ logging, child
+    processes) nor what happens only once per process (imports): those checks need `run_cli`."""
+    import logging
+    import traceback
+    import warnings
+
+    import submitit  # noqa: F401 - see below
+    from typer.testing import CliRunner
+
+    from jobs.cli import main
+
+    # submitit's first import runs logging.config.dictConfig, which closes every logging handler; absl's
+    # (TensorFlow's) then closes its stream, pytest's capture, unless that is the current sys.stderr.
+    # So it is imported here, before sys.stderr is swapped, never inside the call.
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, sys.argv, os.getcwd()
+    code = 0
+    with CliRunner().isolation(env=env) as (out, err, _):
+        # main()'s logging.basicConfig is a no-op under pytest, whose handlers are already on the root
+        # logger: put main's own format on the (captured) stderr for the call.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        sys.argv = ["inat-jobs", *args]
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            with warnings.catch_warnings():
+                _fresh_interpreter_warnings()
+                main()
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+            code = 1 if isinstance(exc.code, str) else (exc.code or 0)
+        except Exception:  # noqa: BLE001 - a bug: the interpreter would print the traceback, exit 1
+            traceback.print_exc()
+            code = 1
+        finally:
+            root.handlers[:], _, sys.argv, cwd_before = saved
+            root.setLevel(saved[1])
+            os.chdir(cwd_before)
+            sys.stdout.flush()
+            sys.stderr.flush()
+        stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    return subprocess.CompletedProcess(["inat-jobs", *args], code, stdout, stderr)
+
+
+def _fresh_interpreter_warnings() -> None:
+    """Python's start-up warning filters (not pytest's), shown on sys.stderr as the interpreter would."""
+    import warnings
+
+    warnings.resetwarnings()
+    for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
 
 
 def one_error_line(result, fragment: str) -> str:

@@ -14,6 +14,16 @@ summary, the junk files it ignored); there every line but the last must be one o
 
 Rows with `ok=True` are inputs the tool accepts: odd images and junk files. They train one tiny
 epoch, exit 0, and must say what they skipped, in the log and in splits.json.
+
+Every row starts from the same small dataset and trained run, made once and only read; a row that
+breaks or resumes one of them works on its own copy (`Ctx.own_data`, `Ctx.own_run`). The "nothing
+half-written" check covers the shared ones as well.
+
+Rows run `inat-jobs` in this process (`conftest.cli`), but for those marked `fresh`, which run it as a
+new process: commands that load TensorFlow, Keras or HDF5 before they fail, where only a real process
+shows that nothing those libraries write to file descriptor 2 reaches the user; a Keras setting
+(KERAS_HOME) that Keras reads once, on import; and sbatch's complaint, which the CLI keeps off file
+descriptor 2.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require, run_cli
+from conftest import cli, require, run_cli
 
 TINY = ["--set", "epochs=1", "--set", "image_size=32", "--set", "filt_org=[4,4,4,4,4]",
         "--set", "num_dense=8", "--set", "batch_size=16"]
@@ -48,18 +58,31 @@ SWEEP = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\nrun_cap:
 @dataclass
 class Ctx:
     tmp: Path
-    data: Path  # a private copy of the small dataset, free to break
-    trained: Path  # a trained run, copied into scratch/runs/trained
+    data: Path  # the shared small dataset (read-only), or the row's own copy after own_data()
+    run: Path  # the shared trained run (read-only), or the row's own copy after own_run()
     mounts: list[Path] = field(default_factory=list)
     sweep_id: str = ""  # set by rows that make a sweep first
+
+    def __post_init__(self):
+        self.shared = (self.data, self.run)
 
     @property
     def scratch(self) -> Path:
         return self.tmp / "scratch"
 
-    @property
-    def run(self) -> Path:
-        return self.scratch / "runs" / "trained"
+    def own_data(self) -> Path:
+        """A private copy of the dataset, TMP/data, for a row that changes it."""
+        if self.data == self.shared[0]:
+            shutil.copytree(self.shared[0], self.tmp / "data")
+            self.data = self.tmp / "data"
+        return self.data
+
+    def own_run(self) -> Path:
+        """A private copy of the trained run, SCRATCH/runs/trained, for a row that changes or resumes it."""
+        if self.run == self.shared[1]:
+            shutil.copytree(self.shared[1], self.scratch / "runs" / "trained")
+            self.run = self.scratch / "runs" / "trained"
+        return self.run
 
     def file(self, rel: str, text: str = "") -> Path:
         path = self.tmp / rel
@@ -118,6 +141,7 @@ class Case:
     mount: bool = False  # needs `mount -t tmpfs` (root)
     slurm: bool = False  # needs a Slurm controller to answer
     slow: bool = False
+    fresh: bool = False  # run as a new process (see the module doc)
     xfail: str = ""  # a known bug, left to the module's owner: the row must fail until it is fixed
 
 
@@ -170,34 +194,40 @@ def accepted(rel: str) -> Callable[[Ctx], None]:
 
 def write(rel: str, content: bytes | Callable[[], bytes]) -> Callable[[Ctx], None]:
     def setup(c: Ctx) -> None:
-        (c.data / rel).write_bytes(content() if callable(content) else content)
+        (c.own_data() / rel).write_bytes(content() if callable(content) else content)
     return setup
 
 
 def image(rel: str, mode: str, color, fmt: str = "JPEG") -> Callable[[Ctx], None]:
-    return lambda c: save(c.data / rel, mode, color, fmt)
+    return lambda c: save(c.own_data() / rel, mode, color, fmt)
 
 
 def remove(rel: str) -> Callable[[Ctx], None]:
+    """Delete DATA/rel, a folder or a file, from the row's own dataset."""
     def setup(c: Ctx) -> None:
-        path = c.tmp / rel
+        path = c.own_data() / rel
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return setup
 
 
+def empty_class_folder(c: Ctx) -> None:
+    for sub in ("train", "val"):
+        (c.own_data() / sub / "Empty").mkdir()
+
+
 def junk_only_class(c: Ctx) -> None:
     for sub in ("train", "val"):
-        (c.data / sub / "Zzz").mkdir()
+        (c.own_data() / sub / "Zzz").mkdir()
         (c.data / sub / "Zzz" / "notes.txt").write_text("no images here")
 
 
 def all_unreadable_class(c: Ctx) -> None:
-    for path in (c.data / "train" / "Fungi").iterdir():
+    for path in (c.own_data() / "train" / "Fungi").iterdir():
         path.write_bytes(path.read_bytes()[: 200])  # every JPEG cut short
 
 
 def junk_files(c: Ctx) -> None:
-    (c.data / "train" / "Aves" / "Thumbs.db").write_bytes(b"\x00" * 64)
+    (c.own_data() / "train" / "Aves" / "Thumbs.db").write_bytes(b"\x00" * 64)
     (c.data / "train" / "Aves" / "notes.txt").write_text("field notes")
     (c.data / "val" / "Fungi" / "aves_0000.jpg:Zone.Identifier").write_text("[ZoneTransfer]\n")
 
@@ -212,7 +242,7 @@ def junk_recorded(c: Ctx) -> None:
 def corrupt_inside(c: Ctx) -> None:
     good = jpeg_bytes((120, 90), seed=1)
     noise = np.random.default_rng(2).bytes(len(good) - 1400)
-    (c.data / "train" / "Aves" / "scribbled.jpg").write_bytes(good[:700] + noise + good[-700:])
+    (c.own_data() / "train" / "Aves" / "scribbled.jpg").write_bytes(good[:700] + noise + good[-700:])
 
 
 def fill_disk(c: Ctx) -> None:
@@ -227,7 +257,7 @@ def keras_home(c: Ctx) -> dict:
 
 
 def no_model(c: Ctx) -> None:
-    (c.run / "model.keras").unlink()
+    (c.own_run() / "model.keras").unlink()
 
 
 def make_sweep(c: Ctx) -> str:
@@ -252,7 +282,7 @@ def damage_record(c: Ctx) -> None:
 
 def cut(rel: str, keep: int) -> Callable[[Ctx], None]:
     def setup(c: Ctx) -> None:
-        path = c.run / rel
+        path = c.own_run() / rel
         path.write_bytes(path.read_bytes()[:keep])
     return setup
 
@@ -292,18 +322,18 @@ CASES = [
          ("--data", "nope: directory not found")),
     Case("data-root-is-a-file", lambda c: train(c, data=c.file("data.zip", "PK")),
          ("data.zip: dataset root is not a directory", "pass the folder that holds train/ and val/")),
-    Case("no-train-folder", train, ("no train/ folder", "expected", "train/<class>/*.jpg"), setup=remove("data/train")),
-    Case("no-val-folder", train, ("no val/ folder", "val/<class>/*.jpg"), setup=remove("data/val")),
-    Case("one-level-too-high", lambda c: train(c, data=c.tmp),
+    Case("no-train-folder", train, ("no train/ folder", "expected", "train/<class>/*.jpg"), setup=remove("train")),
+    Case("no-val-folder", train, ("no val/ folder", "val/<class>/*.jpg"), setup=remove("val")),
+    Case("one-level-too-high", lambda c: train(c, data=c.data.parent),
          ("no train/ folder", "did you mean", "/data?")),
     Case("empty-class-folder", train, ("train/Empty: class folder has no images", "add images or remove the folder"),
-         setup=lambda c: [(c.data / s / "Empty").mkdir() for s in ("train", "val")]),
+         setup=empty_class_folder),
     Case("junk-only-class-folder", train, ("train/Zzz: class folder has no images",), setup=junk_only_class),
     Case("classes-differ", train, ("different class folders", "only in val/: Fungi", "make them match"),
-         setup=remove("data/train/Fungi")),
+         setup=remove("train/Fungi")),
     Case("class-all-unreadable", train, ("no readable train images left for class(es) Fungi",
                                          "truncated JPEG", "replace the broken images"),
-         setup=all_unreadable_class, strict=False),
+         setup=all_unreadable_class, strict=False, fresh=True),
     # -- run config -------------------------------------------------------------------------------------
     Case("yaml-does-not-parse", lambda c: train(c, "--config", str(c.file("bad.yaml", "dropout: [0.1,\n"))),
          ("bad.yaml: not valid YAML at line 2",)),
@@ -330,10 +360,10 @@ CASES = [
          ("weights file /nonexistent.h5 not found", "imagenet, none, or the path")),
     Case("imagenet-not-cached", lambda c: train(c, "--set", "model=resnet50"),
          ("ImageNet weights for resnet50 are not in the Keras cache", "inat-jobs fetch-weights --models resnet50"),
-         env=keras_home),
+         env=keras_home, fresh=True),
     Case("weights-file-garbage", lambda c: train(c, "--set", "model=resnet50", "--set",
                                                  f"weights={c.file('w.h5', 'not hdf5')}"),
-         ("w.h5 cannot be loaded into resnet50",), strict=False, slow=True),
+         ("w.h5 cannot be loaded into resnet50",), strict=False, slow=True, fresh=True),
     # -- scratch storage --------------------------------------------------------------------------------
     Case("out-is-a-file", lambda c: train(c, out=c.file("scratch.txt", "x")),
          ("scratch.txt is a file, not a directory", "point --out or $INAT_SCRATCH at a directory")),
@@ -346,18 +376,20 @@ CASES = [
     Case("out-full", lambda c: ["train", "--data", str(c.data), "--out", str(c.tmp / "full"), "--run-id", "big",
                                 "--set", "epochs=1", "--set", "image_size=32", "--no-cache"],
          ("cannot write", "/full/runs/big/", "no space left on device", "--out"),
-         setup=fill_disk, mount=True, strict=False, slow=True),
+         setup=fill_disk, mount=True, strict=False, slow=True, fresh=True),
     Case("run-id-escapes", lambda c: train(c, "--run-id", "../elsewhere"), ("--run-id '../elsewhere'",)),
     Case("resume-other-config", lambda c: train(c, "--run-id", "trained", "--set", "dropout=0.3"),
-         ("already holds a run with a different config", "use a new --run-id")),
+         ("already holds a run with a different config", "use a new --run-id"), setup=Ctx.own_run),
     # -- runs: test / visualize / report ----------------------------------------------------------------
-    Case("test-run-missing", lambda c: ["test", "--run", str(c.scratch / "runs" / "nope")], ("nope: run directory not found",)),
+    Case("test-run-missing", lambda c: ["test", "--run", str(c.scratch / "runs" / "nope")], ("nope: run directory not found",),
+         fresh=True),
     Case("test-no-model", lambda c: ["test", "--run", str(c.run)], ("no model.keras here", "inat-jobs train"),
          setup=no_model),
     Case("visualize-no-model", lambda c: ["visualize", "--run", str(c.run)],
          ("no model.keras here", "inat-jobs train"), setup=no_model),  # the same check and words as `test`
     Case("test-corrupt-model", lambda c: ["test", "--run", str(c.run)],
-         ("model.keras: not a readable Keras model", "re-run `inat-jobs train`"), setup=cut("model.keras", 4000)),
+         ("model.keras: not a readable Keras model", "re-run `inat-jobs train`"), setup=cut("model.keras", 4000),
+         fresh=True),
     Case("visualize-corrupt-model", lambda c: ["visualize", "--run", str(c.run), "--what", "filters"],
          ("model.keras: not a readable Keras model",), setup=cut("model.keras", 4000)),
     Case("test-truncated-splits", lambda c: ["test", "--run", str(c.run)],
@@ -380,7 +412,7 @@ CASES = [
     Case("trials-per-agent-zero", lambda c: launch(c, SWEEP, "--agents", "1", "--trials-per-agent", "0"),
          ("--trials-per-agent 0",)),
     Case("sweep-data-without-train", lambda c: launch(c, SWEEP, "--agents", "1"), ("no train/ folder",),
-         setup=remove("data/train")),
+         setup=remove("train")),
     Case("sweep-id-unknown-status", lambda c: ["sweep-status", "20991231-000000-dead", "--out", str(c.scratch)],
          ("sweep '20991231-000000-dead' not found", "pass --out")),
     Case("sweep-id-unknown-agent", lambda c: ["agent", "--sweep-id", "nope", "--out", str(c.scratch)],
@@ -431,7 +463,7 @@ CASES = [
     Case("sweep-submission-rejected", lambda c: [
          "launch-sweep", "--sweep", str(c.file("s.yaml", SWEEP)), "--agents", "1", "--data", str(c.data), "--out",
          str(c.scratch), "--cluster", "slurm", "--cluster-set", "partition=no-such-partition"],
-         ("submitting the agent job failed", "no-such-partition"), slurm=True),
+         ("submitting the agent job failed", "no-such-partition"), slurm=True, fresh=True),
     # -- other commands ---------------------------------------------------------------------------------
     Case("fetch-weights-unknown-model", lambda c: ["fetch-weights", "--models", "vgg16"], ("unknown model",)),
     Case("demo-data-into-a-file", lambda c: ["make-demo-data", str(c.file("taken", "x") / "demo")],
@@ -456,38 +488,37 @@ def whole_caches(ctx: Ctx, new_files: set[str]) -> set[str]:
     from inat.data.cache import MANIFEST, open_cache
 
     whole = set()
-    for rel in new_files:
-        path = ctx.tmp / rel
-        if "cache" not in Path(rel).parts:
+    for name in new_files:
+        path = Path(name)
+        if not path.is_relative_to(ctx.tmp) or "cache" not in path.relative_to(ctx.tmp).parts:
             continue
         if path.name.endswith("px.lock") and path.stat().st_size == 0:
-            whole.add(rel)
+            whole.add(name)
         elif (path.parent / MANIFEST).is_file():
             try:
                 open_cache(path.parent)
             except Exception:  # noqa: BLE001 - any failure means it is not a whole cache
                 continue
-            whole.add(rel)
+            whole.add(name)
     return whole
 
 
-def snapshot(root: Path) -> tuple[dict[str, tuple[int, int]], set[str]]:
+def snapshot(*roots: Path) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """Every file (size, mtime) and folder under `roots`, by absolute path."""
     files, dirs = {}, set()
-    for path in root.rglob("*"):
-        rel = str(path.relative_to(root))
-        if path.is_dir():
-            dirs.add(rel)
-        else:
-            st = path.lstat()
-            files[rel] = (st.st_size, st.st_mtime_ns)
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_dir():
+                dirs.add(str(path))
+            else:
+                st = path.lstat()
+                files[str(path)] = (st.st_size, st.st_mtime_ns)
     return files, dirs
 
 
 @pytest.fixture
 def ctx(tmp_path, small_data, trained_run):
-    c = Ctx(tmp_path, tmp_path / "data", trained_run)
-    shutil.copytree(small_data, c.data)
-    shutil.copytree(trained_run, c.run)
+    c = Ctx(tmp_path, small_data, trained_run)  # shared, read-only: rows copy what they change
     yield c
     for where in reversed(c.mounts):
         subprocess.run(["umount", "-l", str(where)], check=False)
@@ -520,9 +551,13 @@ def test_bad_input(case: Case, ctx: Ctx):
         case.setup(ctx)
     args = case.args(ctx)
     env = {**ENV, **(case.env(ctx) if case.env else {})}
-    before = snapshot(ctx.tmp)
-    result = run_cli(*args, env=env, cwd=ctx.tmp, timeout=300)
-    after = snapshot(ctx.tmp)
+    watched = (ctx.tmp, *ctx.shared)  # the row's folder, and the shared dataset and run it may be using
+    before = snapshot(*watched)
+    if case.fresh:
+        result = run_cli(*args, env=env, cwd=ctx.tmp, timeout=300)
+    else:
+        result = cli(*args, env=env, cwd=ctx.tmp)
+    after = snapshot(*watched)
     shown = f"$ inat-jobs {' '.join(args)}\n--- exit {result.returncode}; stderr:\n{result.stderr}"
 
     assert "Traceback" not in result.stderr, shown
@@ -548,9 +583,9 @@ def test_bad_input(case: Case, ctx: Ctx):
         caches = whole_caches(ctx, new_files)
         assert {k: v for k, v in after[0].items() if k not in caches} == before[0], shown
         new_dirs = {d for d in after[1] - before[1] if not any(f.startswith(d + "/") for f in caches)}
-        allowed = {str(p.relative_to(ctx.tmp)) for p in (ctx.scratch, ctx.scratch / "runs", ctx.scratch / "sweeps",
-                                                         ctx.scratch / "jobs")}  # empty layout folders
-        allowed |= {f"{m.name}/runs" for m in ctx.mounts}
+        allowed = {str(p) for p in (ctx.scratch, ctx.scratch / "runs", ctx.scratch / "sweeps",
+                                    ctx.scratch / "jobs")}  # empty layout folders
+        allowed |= {str(m / "runs") for m in ctx.mounts}
         assert new_dirs <= allowed, (new_dirs, shown)
     if case.check:
         case.check(ctx)
