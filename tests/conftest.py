@@ -35,12 +35,20 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeou
     is the point: what TensorFlow writes to file descriptor 2 while it loads (jobs/quiet.py), start-up
     of the real entry point, environment read at import time, signals, or child processes whose
     output must land in the result. Everything else goes through `cli`."""
+    return subprocess.run([sys.executable, "-m", "jobs", *args], capture_output=True, text=True,
+                          env=_cli_env(env), cwd=cwd, timeout=timeout)
+
+
+def start_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
+    """`inat-jobs ARGS` started as `run_cli` runs it, without waiting for it: `.communicate()` it."""
+    return subprocess.Popen([sys.executable, "-m", "jobs", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_cli_env(env), cwd=cwd)
+
+
+def _cli_env(env: dict | None) -> dict:
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "jobs", *args],
-        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout,
-    )
+    return full_env
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

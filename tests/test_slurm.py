@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require, run_cli
+from conftest import REPO, cli, require, run_cli, start_cli
 from inat.fsutil import read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -64,11 +64,11 @@ def test_launch_sweep_runs_agents_as_one_array_job(tmp_path, demo_data):
     assert [r["State"] for r in rows] == ["COMPLETED", "COMPLETED"], rows
     assert sorted(r[0] for r in sacct_rows(array)) == [f"{array}_0", f"{array}_1"]
 
-    status = run_cli("sweep-status", out["sweep_id"], "--out", str(scratch), "--json")
+    status = cli("sweep-status", out["sweep_id"], "--out", str(scratch), "--json")
     trials = json.loads(status.stdout)["trials"]
     assert len(trials) == 4 and {t["agent"] for t in trials} == {"agent-0", "agent-1"}
     assert all(t["state"] == "finished" for t in trials)
-    listed = run_cli("status", out["sweep_id"], "--out", str(scratch), "--json")
+    listed = cli("status", out["sweep_id"], "--out", str(scratch), "--json")
     assert [(r["stage"], r["JobID"], r["State"]) for r in json.loads(listed.stdout)["jobs"]] == [
         ("agent", f"{array}_0", "COMPLETED"), ("agent", f"{array}_1", "COMPLETED")]
 
@@ -98,7 +98,7 @@ def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
     assert (scratch / "sweeps" / out["sweep_id"] / "trials.csv").is_file()
 
     dest = tmp_path / "results"
-    assert run_cli("collect", out["sweep_id"], "--dest", str(dest), "--out", str(scratch)).returncode == 0
+    assert cli("collect", out["sweep_id"], "--dest", str(dest), "--out", str(scratch)).returncode == 0
     got = dest / out["sweep_id"]
     assert (got / "runs" / run.name / "test_metrics.json").is_file() and not list(got.rglob("checkpoint"))
 
@@ -107,7 +107,7 @@ def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
                    "--cluster", "slurm", "--wait", env=ENV)
     assert more.returncode == 0, more.stdout + more.stderr
     assert (scratch / "runs" / f"{out['sweep_id']}-best1-seed1" / "model.keras").is_file()
-    jobs = json.loads(run_cli("status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["jobs"]
+    jobs = json.loads(cli("status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["jobs"]
     assert [r["stage"] for r in jobs].count("train") == 3 and {r["State"] for r in jobs} == {"COMPLETED"}
 
     # what submitit wrote is what sbatch_text (and so the golden files) describe
@@ -134,7 +134,13 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     # A busy node makes epochs slower and so needs more requeues: allow plenty, the test counts them.
     profile = load_profile(CI_PROFILE, ["time=2", "signal_delay_s=30", "max_timeouts=8"])
     sub = submit_calls("train", [(TrainTask(), (cfg, run, demo_data, 14.0))], profile, tmp_path / "jobs")
+    # The same config trained in one go, also from a decoded-image cache, as the reference below. It
+    # runs meanwhile: the job spends its epochs asleep (epoch_delay_s), so the CPU is free.
+    cfg.save(tmp_path / "cfg.yaml")
+    whole = start_cli("train", "--config", str(tmp_path / "cfg.yaml"), "--data", str(demo_data),
+                      "--out", str(tmp_path / "whole"), "--run-id", "whole")
     rows = jobstate.wait_for([sub.record()], poll_s=3, timeout_s=900, say=lambda *_: None)
+    _, whole_err = whole.communicate(timeout=600)
     logs = "".join(p.read_text()[-3000:] for p in (tmp_path / "jobs").glob(f"{sub.job_id}_0_log.*"))
     attempts_file = run / "attempts.json"
     assert rows[0]["State"] == "COMPLETED", (rows, attempts_file.is_file() and attempts_file.read_text(), logs)
@@ -163,10 +169,7 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
           f"epochs begun, in order: {began}")
 
     # The same config trained in one go, also from a decoded-image cache, gives the same run.
-    cfg.save(tmp_path / "cfg.yaml")
-    whole = run_cli("train", "--config", str(tmp_path / "cfg.yaml"), "--data", str(demo_data),
-                    "--out", str(tmp_path / "whole"), "--run-id", "whole")
-    assert whole.returncode == 0, whole.stderr[-2000:]
+    assert whole.returncode == 0, whole_err[-2000:]
     ref = tmp_path / "whole" / "runs" / "whole"
     assert_same_run(ref, run)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, cli
 from inat import data
 from inat.data import cache, cache_build
 from inat.config import RunConfig
@@ -252,7 +252,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(root, tmp_path, monke
 
 
 def test_cli_cache_data(root, tmp_path):
-    result = run_cli("cache-data", "--data", str(root), "--image-size", str(SIZE), "--out", str(tmp_path / "s"))
+    result = cli("cache-data", "--data", str(root), "--image-size", str(SIZE), "--out", str(tmp_path / "s"))
     assert result.returncode == 0, result.stderr
     path = cache.cache_path(root, SIZE, tmp_path / "s" / "cache")
     assert result.stdout.strip().startswith(f"cache: {path}: 70 images at {SIZE} px, ")
@@ -268,6 +268,6 @@ def test_cli_cache_data(root, tmp_path):
     ],
 )
 def test_cli_cache_data_bad_input(args, fragment, tmp_path):
-    result = run_cli("cache-data", *args, "--out", str(tmp_path))
+    result = cli("cache-data", *args, "--out", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"inat-jobs: error: {fragment}"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import run_cli
+from conftest import cli
 from inat.figures import plots
 from inat.fsutil import FILE_MODE
 
@@ -328,29 +328,29 @@ def assert_one_line_error(result, fragment: str) -> None:
 
 @pytest.mark.parametrize("command", ["visualize", "sweep-report", "report"])
 def test_help(command):
-    result = run_cli(command, "--help")
+    result = cli(command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
 
 
 def test_cli_visualize_and_report(run_copy):
-    result = run_cli("visualize", "--run", str(run_copy), "--what", "confusion", "--no-pdf")
+    result = cli("visualize", "--run", str(run_copy), "--what", "confusion", "--no-pdf")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"wrote {run_copy / 'figures' / 'confusion_matrix.png'}"
-    result = run_cli("report", str(run_copy))
+    result = cli("report", str(run_copy))
     assert result.returncode == 0, result.stderr
     assert (run_copy / "report.html").is_file()
 
 
 def test_cli_bad_what_is_one_line(run_copy):
-    result = run_cli("visualize", "--run", str(run_copy), "--what", "grid,heatmap")
+    result = cli("visualize", "--run", str(run_copy), "--what", "grid,heatmap")
     assert_one_line_error(result, "unknown figure 'heatmap'")
 
 
 def test_cli_sweep_report_by_id_and_unknown_id(tmp_path):
     fake_sweep(tmp_path / "sweeps" / "20250101-000000-abcd")
-    result = run_cli("sweep-report", "20250101-000000-abcd", "--out", str(tmp_path))
+    result = cli("sweep-report", "20250101-000000-abcd", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sweeps" / "20250101-000000-abcd" / "trials.csv").is_file()
-    result = run_cli("sweep-report", "nope", "--out", str(tmp_path))
+    result = cli("sweep-report", "nope", "--out", str(tmp_path))
     assert_one_line_error(result, "sweep 'nope' not found")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, one_error_line, run_cli
+from conftest import REPO, cli, one_error_line, run_cli
 from inat.config import RunConfig
 from inat.errors import ConfigError
 from inat.fsutil import read_json, write_json
@@ -80,18 +80,18 @@ def test_profile_errors_name_the_key(data, fragment):
 def test_cli_reports_a_bad_profile_file_in_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("partition: debug\nmem: -4\n")
-    result = run_cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--profile", str(bad))
+    result = cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--profile", str(bad))
     assert str(bad) in one_error_line(result, "key 'mem' = -4")
     bad.write_text("partition: [debug\n")
-    one_error_line(run_cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--profile", str(bad)),
+    one_error_line(cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--profile", str(bad)),
                    "not valid YAML")
 
 
 def test_cli_reports_bad_cluster_options_in_one_line(tmp_path):
-    one_error_line(run_cli("test", "--run", str(tmp_path), "--cluster", "moon"), "--cluster 'moon' is invalid")
-    one_error_line(run_cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--cluster-set", "time=-1"),
+    one_error_line(cli("test", "--run", str(tmp_path), "--cluster", "moon"), "--cluster 'moon' is invalid")
+    one_error_line(cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--cluster-set", "time=-1"),
                    "--cluster-set: key 'time' = -1")
-    one_error_line(run_cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--cluster-set", "nodes=2"),
+    one_error_line(cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--cluster-set", "nodes=2"),
                    "unknown key 'nodes'")
 
 
@@ -122,8 +122,8 @@ def test_image_runs_jobs_in_apptainer_with_their_scratch_bound(tmp_path, monkeyp
 def test_image_must_exist(tmp_path):
     with pytest.raises(ConfigError, match=r"--image: key 'image' = .*missing.sif.* \(no such file\)"):
         cluster.load_profile(None, [], image=tmp_path / "missing.sif")
-    one_error_line(run_cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--image",
-                           str(tmp_path / "missing.sif")), "(no such file)")
+    one_error_line(cli("test", "--run", str(tmp_path), "--cluster", "slurm", "--image",
+                       str(tmp_path / "missing.sif")), "(no such file)")
 
 
 def test_every_submitting_command_takes_image():
@@ -319,15 +319,15 @@ def test_collect_copies_results_not_checkpoints_and_is_idempotent(local_pipeline
 
 
 def test_status_and_collect_commands(local_pipeline, tmp_path):
-    result = run_cli("status", "S1", "--out", str(local_pipeline), "--json")
+    result = cli("status", "S1", "--out", str(local_pipeline), "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["jobs"]
     assert [(r["stage"], r["State"]) for r in rows] == [
         ("agent", "COMPLETED"), ("agent", "FAILED"), ("train", "COMPLETED"), ("train", "SKIPPED")]
-    listing = run_cli("status", "--out", str(local_pipeline))
+    listing = cli("status", "--out", str(local_pipeline))
     assert listing.returncode == 0 and "S1" in listing.stdout and "1 FAILED" in listing.stdout
-    one_error_line(run_cli("status", "nope", "--out", str(local_pipeline)), "'nope': no pipeline, sweep or job group")
-    result = run_cli("collect", "--dest", str(tmp_path / "r.tar.gz"), "--out", str(local_pipeline))
+    one_error_line(cli("status", "nope", "--out", str(local_pipeline)), "'nope': no pipeline, sweep or job group")
+    result = cli("collect", "--dest", str(tmp_path / "r.tar.gz"), "--out", str(local_pipeline))
     assert result.returncode == 0 and (tmp_path / "r.tar.gz").is_file(), result.stderr
 
 
@@ -376,11 +376,11 @@ def test_local_pipeline_end_to_end(tmp_path, demo_data):
     assert (scratch / "sweeps" / out["sweep_id"] / "trials.csv").is_file()
 
     # retrain-best on the same sweep: same settings resume (nothing to do), other settings are refused
-    again = run_cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--cluster", "local")
+    again = cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--cluster", "local")
     assert again.returncode == 0, again.stderr[-2000:]
-    one_error_line(run_cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--cluster",
-                           "local", "--epochs", "1"), "already holds a retraining with other settings")
-    collected = run_cli("collect", out["sweep_id"], "--dest", str(tmp_path / "results"), "--out", str(scratch))
+    one_error_line(cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--cluster",
+                       "local", "--epochs", "1"), "already holds a retraining with other settings")
+    collected = cli("collect", out["sweep_id"], "--dest", str(tmp_path / "results"), "--out", str(scratch))
     assert collected.returncode == 0, collected.stderr
     got = tree_digest(tmp_path / "results" / out["sweep_id"])
     assert {f"runs/{Path(r).name}/test_metrics.json" for r in out["runs"][:2]} <= set(got)

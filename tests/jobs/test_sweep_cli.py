@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, fake_trial, make_sweep, one_error_line, run_cli
+from conftest import REPO, cli, fake_trial, make_sweep, one_error_line, run_cli
 from inat.config import RunConfig
 from inat.fsutil import read_json
 
@@ -26,7 +26,7 @@ def data_dir(tmp_path):
 
 
 def test_sweep_commands_are_listed():
-    out = run_cli("--help").stdout
+    out = cli("--help").stdout
     for name in ("launch-sweep", "agent", "sweep-status"):
         assert name in out
 
@@ -55,21 +55,21 @@ def test_launch_sweep_rejects_bad_input_in_one_line(tmp_path, data_dir, sweep_te
             "--cluster", "local", "--trials-per-agent", "1"]
     if "--agents" not in extra:
         args += ["--agents", "1"]
-    line = one_error_line(run_cli(*args, *extra), fragment)
+    line = one_error_line(cli(*args, *extra), fragment)
     if not extra or "--set" in extra:
         assert str(path) in line  # a problem in (or with) the file names the file
     assert not (tmp_path / "scratch" / "sweeps").exists() or not any((tmp_path / "scratch" / "sweeps").iterdir())
 
 
 def test_unbounded_local_sweep_is_refused(tmp_path, data_dir):
-    result = run_cli("launch-sweep", "--sweep", PART_A, "--agents", "2", "--cluster", "local", "--data", data_dir,
-                     "--out", str(tmp_path))
+    result = cli("launch-sweep", "--sweep", PART_A, "--agents", "2", "--cluster", "local", "--data", data_dir,
+                 "--out", str(tmp_path))
     one_error_line(result, "--trials-per-agent")
 
 
 def test_unknown_sweep_id_says_where_it_looked(tmp_path):
     for args in (["sweep-status", "nope"], ["agent", "--sweep-id", "nope"]):
-        line = one_error_line(run_cli(*args, "--out", str(tmp_path)), "sweep 'nope' not found")
+        line = one_error_line(cli(*args, "--out", str(tmp_path)), "sweep 'nope' not found")
         assert str(tmp_path / "sweeps" / "nope") in line
 
 
@@ -125,7 +125,7 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     manifests = list((scratch / "cache").glob("*/32px/manifest.json"))
     assert len(manifests) == 1 and len(read_json(manifests[0])["files"]) == 10 * 8
 
-    status = run_cli("sweep-status", launched["sweep_id"], "--out", str(scratch), "--json")
+    status = cli("sweep-status", launched["sweep_id"], "--out", str(scratch), "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     trials = report["trials"]
@@ -147,7 +147,7 @@ def test_local_sweep_two_agent_processes_end_to_end(tmp_path):
     best = RunConfig.load(report["best"]["config_path"])
     assert best.to_dict() == report["best"]["config"] and best.epochs == 4 and best.image_size == 32
 
-    text = run_cli("sweep-status", launched["sweep_id"], "--out", str(scratch))
+    text = cli("sweep-status", launched["sweep_id"], "--out", str(scratch))
     assert text.returncode == 0 and "6 trial(s)" in text.stdout
     emitted = text.stdout.split("--data DATA\n", 1)[1]
     assert RunConfig.from_dict(yaml.safe_load(emitted)) == best
@@ -168,7 +168,7 @@ def test_status_of_a_wandb_sweep_reads_the_trial_run_directories(tmp_path):
         write_json(run / "run.json", {"status": status})
         write_csv(run / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"],
                   [[i + 1, 1, 0.5, 1, a, 1] for i, a in enumerate(accs)])
-    result = run_cli("sweep-status", sweep.id, "--out", str(tmp_path), "--json")
+    result = cli("sweep-status", sweep.id, "--out", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["counts"] == {"finished": 2, "pruned": 1}
@@ -202,14 +202,14 @@ def test_sweep_status_only_reads_unless_told_to_fail_stale_trials(tmp_path):
     os.utime(run / "heartbeat", (old, old))
     before, run_json = _snapshot(sweep.dir), (run / "run.json").read_bytes()
 
-    text = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root))
+    text = cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root))
     assert text.returncode == 0, text.stderr
     line = next(ln for ln in text.stdout.splitlines() if ln.startswith(f"{dead.number:04d} "))
     assert line.split()[1] == "running" and re.search(r"\(stale: no heartbeat for 36\d\d s\)", line), line
     best = sweep.dir / "best_config.yaml"
     written = best.stat().st_mtime_ns
     assert RunConfig.load(best).epochs == 6
-    result = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json")
+    result = cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json")
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)["trials"][dead.number]
     assert row["state"] == "running" and row["stale_s"] >= 3600 and row["error"] is None
@@ -219,7 +219,7 @@ def test_sweep_status_only_reads_unless_told_to_fail_stale_trials(tmp_path):
     assert study.get_trials()[dead.number].state == TrialState.RUNNING
     assert best.stat().st_mtime_ns == written  # the same best: not rewritten
 
-    result = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json", "--fail-stale")
+    result = cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json", "--fail-stale")
     assert result.returncode == 0, result.stderr
     row = json.loads(result.stdout)["trials"][dead.number]
     assert row["state"] == "failed" and "no heartbeat for 36" in row["error"]
@@ -232,6 +232,6 @@ def test_stale_after_below_three_heartbeats_is_refused(tmp_path, command):
     sweep = make_sweep(tmp_path)
     before = _snapshot(sweep.dir)
     args = [sweep.id] if command == "sweep-status" else ["--sweep-id", sweep.id, "--count", "1"]
-    result = run_cli(command, *args, "--out", str(sweep.scratch_root), "--stale-after", "10")
+    result = cli(command, *args, "--out", str(sweep.scratch_root), "--stale-after", "10")
     one_error_line(result, "--stale-after 10: expected at least 90 seconds (3 heartbeat intervals of 30 s)")
     assert _snapshot(sweep.dir) == before

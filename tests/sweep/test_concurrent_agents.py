@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli
 
 SPEC = """
 method: random
@@ -204,7 +204,7 @@ def test_agents_killed_mid_trial_requeued_and_lost(tmp_path):
     assert run_json["status"] == "failed" and "no heartbeat" in run_json["error"]
 
     # The store stays readable by the CLI too, and says the same.
-    result = run_cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json")
+    result = cli("sweep-status", sweep.id, "--out", str(sweep.scratch_root), "--json")
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout)["counts"]
     assert counts == {"finished": len(trials) - 2, "failed": 1, "superseded": 1}

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, cli, run_cli
 from inat.config import RunConfig
 from inat.fsutil import read_json
 from inat.rundir import RunDir
@@ -53,7 +53,7 @@ def test_a_val_loss_sweep_ranks_and_keeps_the_lowest_val_loss_epoch(tmp_path):
     )
     assert launched.returncode == 0, launched.stderr
     sweep_id = json.loads(launched.stdout)["sweep_id"]
-    status = run_cli("sweep-status", sweep_id, "--out", str(scratch), "--json")
+    status = cli("sweep-status", sweep_id, "--out", str(scratch), "--json")
     assert status.returncode == 0, status.stderr
     report = json.loads(status.stdout)
     trials_dir = scratch / "sweeps" / sweep_id / "trials"
@@ -91,20 +91,20 @@ def test_a_sweep_on_a_training_metric_warns_at_launch(tmp_path):
     sweep = tmp_path / "train_acc.yaml"
     sweep.write_text("method: random\nmetric: {name: accuracy, goal: maximize}\nrun_cap: 1\n"
                      "parameters:\n  dropout: {values: [0.1]}\n")
-    result = run_cli("launch-sweep", "--sweep", str(sweep), "--cluster", "local", "--agents", "1",
-                     "--trials-per-agent", "1", "--data", str(data), "--out", str(tmp_path / "s"), "--wait",
-                     "--set", "epochs=1", "--set", "image_size=32", "--set", "filt_org=[4,4,4,4,4]",
-                     "--set", "num_dense=4")
+    result = cli("launch-sweep", "--sweep", str(sweep), "--cluster", "local", "--agents", "1",
+                 "--trials-per-agent", "1", "--data", str(data), "--out", str(tmp_path / "s"), "--wait",
+                 "--set", "epochs=1", "--set", "image_size=32", "--set", "filt_org=[4,4,4,4,4]",
+                 "--set", "num_dense=4")
     assert result.returncode == 0, result.stderr
     warning = [ln for ln in result.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warning) == 1 and "metric accuracy is measured on the training set" in warning[0], result.stderr
     assert "val_accuracy" in warning[0]
     quiet = tmp_path / "val.yaml"
     quiet.write_text(sweep.read_text().replace("name: accuracy", "name: val_accuracy"))
-    again = run_cli("launch-sweep", "--sweep", str(quiet), "--cluster", "local", "--agents", "1",
-                    "--trials-per-agent", "1", "--data", str(data), "--out", str(tmp_path / "s"), "--wait",
-                    "--set", "epochs=1", "--set", "image_size=32", "--set", "filt_org=[4,4,4,4,4]",
-                    "--set", "num_dense=4")
+    again = cli("launch-sweep", "--sweep", str(quiet), "--cluster", "local", "--agents", "1",
+                "--trials-per-agent", "1", "--data", str(data), "--out", str(tmp_path / "s"), "--wait",
+                "--set", "epochs=1", "--set", "image_size=32", "--set", "filt_org=[4,4,4,4,4]",
+                "--set", "num_dense=4")
     assert again.returncode == 0 and "warning:" not in again.stderr, again.stderr
 
 
