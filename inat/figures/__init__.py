@@ -5,7 +5,7 @@
   plots          the run figures as pure functions of numpy arrays
   guided         guided backpropagation for single conv neurons
   trials         what a sweep's trial run directories say (`read_trials`)
-  sweep_report   SWEEP/trials.csv and the three sweep plots (`sweep_report`)
+  sweep_report   SWEEP/trials.csv and the sweep plots (`sweep_report`)
   sweep_plots    those plots
   report         one self-contained report.html for a run or a sweep (`write_report`)
 

@@ -32,7 +32,8 @@ RUN_FIGURES = {
 SWEEP_FIGURES = {
     "accuracy_vs_created": "Best val accuracy of each trial against its creation time",
     "parallel_coordinates": "Parameters of each trial and its best val accuracy",
-    "param_importance": "Correlation and importance of each parameter for val accuracy",
+    "param_correlation": "Correlation of each parameter (value) with best val accuracy",
+    "param_importance": "Importance of each parameter for best val accuracy (Optuna, PED-ANOVA)",
 }
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#1f2328}

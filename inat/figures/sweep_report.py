@@ -1,11 +1,11 @@
-"""`sweep_report(sweep_dir)`: trials.csv and the assignment's three sweep plots, from the trial run dirs.
+"""`sweep_report(sweep_dir)`: trials.csv and the assignment's sweep plots, from the trial run dirs.
 
     SWEEP/trials.csv                       one row per trial: state, epochs, best val_accuracy, start,
                                            every config key
     SWEEP/figures/accuracy_vs_created.png  best val accuracy of each trial against its start time
     SWEEP/figures/parallel_coordinates.png swept parameters -> best val accuracy, one line per trial
-    SWEEP/figures/param_importance.png     correlation of each parameter (value) with val accuracy,
-                                           and Optuna's PED-ANOVA importance
+    SWEEP/figures/param_correlation.png    correlation of each parameter (value) with val accuracy
+    SWEEP/figures/param_importance.png     Optuna's PED-ANOVA importance of each parameter (its plot)
 
 The trials are read by `inat.figures.trials`, offline and from the run directories alone.
 """
@@ -22,7 +22,7 @@ from .trials import LEAD, read_trials, swept_keys
 
 
 def sweep_report(sweep_dir: str | os.PathLike, pdf: bool = False) -> list[Path]:
-    """Write SWEEP/trials.csv and the three plots; returns the files written."""
+    """Write SWEEP/trials.csv and the plots; returns the files written."""
     sweep_dir = Path(sweep_dir).resolve()
     trials = read_trials(sweep_dir)
     if not trials:

@@ -66,7 +66,7 @@ def sweep_report(
     out: Optional[Path] = OutOpt,
     pdf: bool = typer.Option(False, "--pdf/--no-pdf", help="Also write a PDF beside each PNG."),
 ) -> None:
-    """Write SWEEP/trials.csv and SWEEP/figures/: val accuracy over time, parallel coordinates, importance.
+    """Write SWEEP/trials.csv and SWEEP/figures/: accuracy over time, parallel coordinates, correlation, importance.
 
     Reads only the trial run directories, so it works offline, for either backend, mid-sweep.
     """

@@ -227,7 +227,7 @@ def test_sweep_report_from_trial_directories(tmp_path):
     sweep = fake_sweep(tmp_path / "sweeps" / "s1")
     written = sweep_report(sweep)
     assert [p.name for p in written] == ["trials.csv", "accuracy_vs_created.png", "parallel_coordinates.png",
-                                         "param_importance.png"]
+                                         "param_correlation.png", "param_importance.png"]
     for png in written[1:]:
         assert_sensible_png(png)
     assert {p.stat().st_mode & 0o777 for p in written} == {FILE_MODE}
@@ -274,6 +274,37 @@ def test_sweep_correlation_finds_the_parameter_that_matters(tmp_path):
     assert why == "" and set(imp) == set(keys) and sum(imp.values()) == pytest.approx(1.0)
 
 
+def test_param_importance_is_optunas_own_plot_and_leaves_the_style_alone(tmp_path):
+    import warnings
+
+    import matplotlib
+    from optuna.exceptions import ExperimentalWarning
+
+    from inat.figures.sweep_plots import importance_figure, importances
+    from inat.figures.trials import read_trials, swept_keys
+
+    sweep = fake_sweep(tmp_path / "s", n=24)
+    trials = [t for t in read_trials(sweep) if t.best_val_accuracy is not None]
+    keys = swept_keys(sweep, trials)
+    style = dict(matplotlib.rcParams)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = importance_figure(trials, keys, "s")
+    assert not [w for w in caught if issubclass(w.category, ExperimentalWarning)]
+    assert dict(matplotlib.rcParams) == style  # Optuna's plt.style.use("ggplot") stays inside the call
+    (ax,) = fig.axes
+    # What optuna.visualization.matplotlib.plot_param_importances sets, and PED-ANOVA's numbers.
+    assert ax.get_title(loc="left") == "Hyperparameter Importances"
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("Hyperparameter Importance", "Hyperparameter")
+    imp, _ = importances(trials, keys)
+    bars = {label.get_text(): patch.get_width() for label, patch in zip(ax.get_yticklabels(), ax.patches)}
+    assert bars == pytest.approx(imp) and max(bars, key=bars.get) == "batch_norm"
+    assert "PED-ANOVA" in fig.get_suptitle() and f"{len(trials)} here" in fig.get_suptitle()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def test_sweep_report_with_one_trial_only_draws_the_time_plot(tmp_path):
     from inat.figures.sweep_report import sweep_report
 
@@ -304,7 +335,7 @@ def test_report_for_a_sweep(tmp_path):
 
     sweep = fake_sweep(tmp_path / "s")
     text = write_report(sweep).read_text()
-    assert text.count('src="data:image/png;base64,') == 3
+    assert text.count('src="data:image/png;base64,') == 4
     assert "Trials, best first" in text and text.count("<tr>") >= 13
 
 
