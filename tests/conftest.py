@@ -3,6 +3,7 @@ trials, and where the real photos are."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, as scripts/test.sh runs the suite), the tests
+    that submit to the Slurm cluster, and the many-agent ones, run one after another on one worker:
+    the cluster's one node has two CPUs, jobs are timed against their limits, and sixteen agents on
+    the same two cores would slow the jobs further. A test that names its own group (the requeue
+    test, whose job sleeps through its epochs) keeps it. The groups go first, one to each worker,
+    so that the longest stretches start at once and the short tests fill in around them."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.get_closest_marker("slurm") or item.module.__name__.endswith("test_concurrent_agents"):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+    first = {"requeue": 0, "cluster": 1}
+    items.sort(key=lambda item: min((first.get(m.args[0], 2) for m in item.iter_markers("xdist_group")), default=2))
 
 
 def require(condition: bool, reason: str) -> None:
@@ -160,6 +178,42 @@ def trained_run(tmp_path_factory, demo_data, tiny_cfg) -> Path:
     train(tiny_cfg, run_dir, demo_data, verbose=0)
     return run_dir
 
+
+
+# ---- one whole pipeline on the Slurm cluster, shared ----------------------------------------------
+
+CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
+SLURM_SWEEP = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
+               "parameters:\n  learning_rate: {values: [0.01, 0.003]}\n  dropout: {values: [0.0, 0.2]}\n")
+SLURM_TINY = ["--set", "epochs=2", "--set", "image_size=32", "--set", "filt_org=[8,8,8,8,8]", "--set",
+              "num_dense=16", "--set", "batch_size=32"]
+
+
+@pytest.fixture(scope="session")
+def slurm_pipeline(tmp_path_factory, demo_data):
+    """`inat-jobs pipeline --cluster slurm` (2 agents, top 1, W&B offline, a planted W&B key in the
+    submitting environment), submitted once: tests/test_slurm.py checks the jobs and their outputs,
+    tests/test_secrets.py that the key is nowhere. Returns a dict: tmp, scratch, key, result (the
+    completed `pipeline --json` call), out (its JSON), submit_s. The caller waits for the jobs."""
+    import secrets
+    import time
+
+    from jobs.slurm.profile import slurm_available
+
+    ok, why = slurm_available(timeout=10)
+    require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
+    tmp = tmp_path_factory.mktemp("slurm-pipeline")
+    (tmp / "s.yaml").write_text(SLURM_SWEEP)
+    key = f"inat-planted-secret-{secrets.token_hex(10)}"
+    env = {"INAT_CLUSTER_PROFILE": str(CI_PROFILE), "WANDB_MODE": "offline", "WANDB_API_KEY": key}
+    start = time.monotonic()
+    result = run_cli("pipeline", "--sweep", str(tmp / "s.yaml"), "--agents", "2", "--trials-per-agent", "1",
+                     "--data", str(demo_data), "--out", str(tmp / "scratch"), *SLURM_TINY, "--top-k", "1",
+                     "--seeds", "1", "--cluster", "slurm", "--json", env=env)
+    submit_s = time.monotonic() - start
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {"tmp": tmp, "scratch": tmp / "scratch", "key": key, "env": env, "result": result,
+            "out": json.loads(result.stdout), "submit_s": submit_s}
 
 # ---- a local-backend sweep whose trials are a stand-in function (no TensorFlow) ----------------------
 

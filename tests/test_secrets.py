@@ -8,7 +8,6 @@ W&B runs offline (WANDB_MODE=offline), so its run files are written and scanned 
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require, run_cli
+from conftest import CI_PROFILE, REPO, require, run_cli
 
 TINY = ["--set", "epochs=1", "--set", "image_size=32", "--set", "filt_org=[4,4,4,4,4]", "--set", "num_dense=8",
         "--set", "batch_size=16"]
@@ -81,10 +80,6 @@ def test_key_stays_out_of_a_sweep_agent(tmp_path, key, demo_data):
 
 # ---- Slurm jobs and collect ---------------------------------------------------------------------------
 
-CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
-SWEEP = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
-         "parameters:\n  dropout: {values: [0.0, 0.2]}\n")
-
 
 def slurm_up() -> None:
     from jobs.slurm.profile import slurm_available
@@ -107,26 +102,21 @@ def test_a_slurm_job_sees_the_key(tmp_path, key, monkeypatch):
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_key_stays_out_of_a_slurm_pipeline_and_collect(tmp_path, key, demo_data):
+def test_key_stays_out_of_a_slurm_pipeline_and_collect(tmp_path, slurm_pipeline):
     """A whole pipeline on Slurm (agents, retraining, test, figures) with W&B offline, then collect:
     the key is in none of the generated sbatch scripts, submitit pickles and logs, run directories,
-    sweep files or collected results."""
+    sweep files or collected results. The pipeline is the one tests/test_slurm.py checks
+    (conftest.slurm_pipeline, submitted with the key in its environment)."""
     from jobs.slurm import jobstate
 
-    slurm_up()
-    scratch, dest = tmp_path / "scratch", tmp_path / "results"
-    (tmp_path / "s.yaml").write_text(SWEEP)
-    env = {"WANDB_API_KEY": key, "WANDB_MODE": "offline", "INAT_CLUSTER_PROFILE": str(CI_PROFILE)}
-    result = run_cli("pipeline", "--sweep", str(tmp_path / "s.yaml"), "--agents", "1", "--trials-per-agent", "1",
-                     "--data", str(demo_data), "--out", str(scratch), *TINY, "--top-k", "1", "--seeds", "1",
-                     "--cluster", "slurm", "--json", env=env)
-    assert result.returncode == 0, result.stderr[-2000:]
-    out = json.loads(result.stdout)
+    scratch, dest, key = slurm_pipeline["scratch"], tmp_path / "results", slurm_pipeline["key"]
+    result, out = slurm_pipeline["result"], slurm_pipeline["out"]
     ids = [t for stage in out["job_ids"].values() for t in stage]
     rows = jobstate.wait_for([{"stage": "all", "task_ids": ids, "cluster": "slurm"}], poll_s=3, timeout_s=600,
                              say=lambda *_: None)
     assert all(r["State"] == "COMPLETED" for r in rows), rows
-    collected = run_cli("collect", out["sweep_id"], "--dest", str(dest), "--out", str(scratch), env=env)
+    collected = run_cli("collect", out["sweep_id"], "--dest", str(dest), "--out", str(scratch),
+                        env=slurm_pipeline["env"])
     assert collected.returncode == 0, collected.stderr[-2000:]
 
     jobs = scratch / "jobs"

@@ -12,20 +12,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli, require, run_cli, start_cli
+from conftest import CI_PROFILE, REPO, SLURM_SWEEP, SLURM_TINY, cli, require, run_cli, start_cli
 from inat.fsutil import read_json
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
-TINY_SET = ["--set", "epochs=2", "--set", "image_size=32", "--set", "filt_org=[8,8,8,8,8]", "--set",
-            "num_dense=16", "--set", "batch_size=32"]
-SWEEP = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
-         "parameters:\n  learning_rate: {values: [0.01, 0.003]}\n  dropout: {values: [0.0, 0.2]}\n")
+TINY_SET, SWEEP = SLURM_TINY, SLURM_SWEEP
 ENV = {"INAT_CLUSTER_PROFILE": str(CI_PROFILE), "WANDB_MODE": "disabled"}
 
 
@@ -73,17 +68,9 @@ def test_launch_sweep_runs_agents_as_one_array_job(tmp_path, demo_data):
         ("agent", f"{array}_0", "COMPLETED"), ("agent", f"{array}_1", "COMPLETED")]
 
 
-def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
-    (tmp_path / "s.yaml").write_text(SWEEP)
-    scratch = tmp_path / "scratch"
-    start = time.monotonic()
-    result = run_cli("pipeline", "--sweep", str(tmp_path / "s.yaml"), "--agents", "2", "--trials-per-agent", "1",
-                     "--data", str(demo_data), "--out", str(scratch), *TINY_SET, "--top-k", "1", "--seeds", "1",
-                     "--cluster", "slurm", "--json", env=ENV)
-    submit_s = time.monotonic() - start
-    assert result.returncode == 0, result.stderr
-    assert submit_s < 30, f"submitting took {submit_s:.0f} s"
-    out = json.loads(result.stdout)
+def test_pipeline_chains_four_array_jobs(tmp_path, slurm_pipeline):
+    scratch, out = slurm_pipeline["scratch"], slurm_pipeline["out"]
+    assert slurm_pipeline["submit_s"] < 30, f"submitting took {slurm_pipeline['submit_s']:.0f} s"
     ids = out["job_ids"]
     assert [len(ids[s]) for s in ("agent", "train", "test", "visualize")] == [2, 1, 1, 2]
     record = read_json(Path(out["out"]) / "pipeline.json")
@@ -119,6 +106,9 @@ def test_pipeline_chains_four_array_jobs(tmp_path, demo_data):
     assert written == expected
 
 
+# Its job sleeps through most of its epochs and counts its requeues, so under xdist it runs beside
+# the other cluster tests rather than after them.
+@pytest.mark.xdist_group("requeue")
 def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_data, tiny_cfg, monkeypatch):
     """timeout 2 min, signal 30 s before it (Slurm may signal up to a minute early): 6 epochs of ~15 s
     cannot fit one allocation, so the job is signalled, requeued, and resumes at its last epoch; and
