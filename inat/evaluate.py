@@ -47,7 +47,7 @@ def evaluate(
     y_true, probs = [], []
     for images, labels in ds:
         probs.append(model.predict_on_batch(images))
-        y_true.append(labels.numpy())
+        y_true.append(np.asarray(labels))
     if not y_true:
         raise InatError(f"{splits.root}: the test split has no readable images")
     y_true = np.concatenate(y_true).astype(int)

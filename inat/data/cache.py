@@ -66,21 +66,14 @@ class Cache:
     def image_size(self) -> int:
         return int(self.manifest["image_size"])
 
-    def dataset(
-        self, splits: Splits, split: str, batch_size: int, *, image_size: int | None = None,
-        shuffle: bool, augment: bool, seed: int = 0, repeat: bool = False,
-    ):  # fmt: skip
-        """The same batches as `inat.data.make_dataset` for this split, gathered from the array by row.
+    def split_rows(self, splits: Splits, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows of the array, labels) of one split, in the split's order.
 
-        Returns None (the caller decodes the JPEGs instead) if the split names a file the cache
-        does not hold, e.g. a splits.json that lists files deleted before the cache was built.
-        Files the cache skipped as undecodable are left out, as the uncached pipeline's
-        ignore_errors would drop them.
+        None (the caller decodes the JPEGs instead) if the split names a file the cache does not
+        hold, e.g. a splits.json that lists files deleted before the cache was built. Files the
+        cache skipped as undecodable are left out, as the uncached pipeline's ignore_errors would
+        drop them.
         """
-        import tensorflow as tf  # lazy: TensorFlow, only when batches are read
-
-        if image_size is not None and image_size != self.image_size:
-            raise ValueError(f"cache holds {self.image_size} px images, not {image_size} px")
         items = splits.items(split)
         if not items:
             raise DataError("no images to load (the split is empty)")
@@ -95,8 +88,21 @@ class Cache:
         if len(kept) < len(items):
             log.warning("%s split: %d image(s) skipped, they did not decode when the cache was built",
                         split, len(items) - len(kept))  # fmt: skip
-        rows = np.array([r for r, _ in kept], dtype=np.int64)
-        labels = np.array([label for _, label in kept], dtype=np.int32)
+        return np.array([r for r, _ in kept], dtype=np.int64), np.array([lb for _, lb in kept], dtype=np.int32)
+
+    def dataset(
+        self, splits: Splits, split: str, batch_size: int, *, image_size: int | None = None,
+        shuffle: bool, augment: bool, seed: int = 0, repeat: bool = False,
+    ):  # fmt: skip
+        """The same tf.data batches as `inat.data.make_dataset` for this split, gathered from the
+        array by row; None where `split_rows` is None."""
+        import tensorflow as tf  # lazy: TensorFlow, only when batches are read
+
+        self.check_size(image_size)
+        found = self.split_rows(splits, split)
+        if found is None:
+            return None
+        rows, labels = found
         size, images = self.image_size, self.images
 
         def gather(index):
@@ -115,6 +121,10 @@ class Cache:
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         return finish_batches(ds, augment=augment, seed=seed)
+
+    def check_size(self, image_size: int | None) -> None:
+        if image_size is not None and image_size != self.image_size:
+            raise ValueError(f"cache holds {self.image_size} px images, not {image_size} px")
 
 
 # ---- where ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from ..errors import DataError
+from .augment import CONTRAST, MAX_BRIGHTNESS, MIN_ZOOM_SIDE
 from .splits import Splits
 
 
@@ -109,14 +110,6 @@ def finish_batches(ds, *, augment: bool, seed: int = 0):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-# Augmentation strengths. The seed's ImageDataGenerator also rotated (rotation_range); a batched
-# rotation (ImageProjectiveTransformV3) ran at ~1,000 img/s on 2 cores at 128 px, less than half the
-# speed of everything below together, so zoom, shift and flip carry the geometric variety.
-MIN_ZOOM_SIDE = 0.8  # a random square of 80-100 % of the side, anywhere in the image, fills the output
-MAX_BRIGHTNESS = 0.1  # +-10 % of full scale
-CONTRAST = (0.8, 1.2)
-
-
 def augment_batch(images, seed):
     """Random zoom-in, shift and horizontal flip, then brightness and contrast, for a whole batch.
 
@@ -127,9 +120,18 @@ def augment_batch(images, seed):
     """
     import tensorflow as tf  # lazy: TensorFlow, as above
 
+    u = tf.random.stateless_uniform((tf.shape(images)[0], 6), seed)  # zoom, y, x, flip, brightness, contrast
+    return augment_with(images, u)
+
+
+def augment_with(images, u):
+    """`augment_batch` with its uniforms (B, 6) given: what tests/data/test_loader.py compares the
+    backend-neutral `inat.data.loader.augment_batch` with."""
+    import tensorflow as tf  # lazy: TensorFlow, as above
+
     size = images.shape[1]
     n = tf.shape(images)[0]
-    u = tf.random.stateless_uniform((n, 6), seed)  # zoom, y, x, flip, brightness, contrast
+    u = tf.convert_to_tensor(u, tf.float32)
     side = MIN_ZOOM_SIDE + (1.0 - MIN_ZOOM_SIDE) * u[:, 0]
     y0, x0 = u[:, 1] * (1.0 - side), u[:, 2] * (1.0 - side)
     flip = u[:, 3] < 0.5
@@ -152,7 +154,16 @@ def dataset_for(
     `cache` is an `inat.data.cache.Cache`, the decoded-image cache that `find_cache` found matching
     the dataset on disk (it decides, and logs why not): batches then come from it, unless the split
     names files it does not hold. Otherwise (None) the JPEGs are decoded as usual.
+
+    Under the TensorFlow backend this is a tf.data pipeline; under any other Keras backend an
+    `inat.data.loader.ArrayBatches` over the cache, or over the split decoded once into memory:
+    TensorFlow then only decodes, it is never in the training loop.
     """
+    import keras  # lazy: Keras (and with it the backend), only when a pipeline is built
+
+    if keras.backend.backend() != "tensorflow":
+        return _array_batches(splits, split, image_size, batch_size, training=training,
+                              augment=augment and training, seed=seed, cache=cache)  # fmt: skip
     if cache is not None:
         ds = cache.dataset(
             splits, split, batch_size, image_size=image_size,
@@ -164,3 +175,53 @@ def dataset_for(
         splits.paths(split), splits.labels(split), image_size, batch_size,
         shuffle=training, augment=augment and training, seed=seed,
     )  # fmt: skip
+
+
+def _array_batches(splits: Splits, split: str, image_size: int, batch_size: int, *, training, augment, seed, cache):
+    import numpy as np  # lazy: numpy, as Keras below
+
+    from .loader import ArrayBatches  # lazy: Keras, only when a pipeline is built
+
+    found = None
+    if cache is not None:
+        cache.check_size(image_size)
+        found = cache.split_rows(splits, split)
+    if found is not None:
+        images, (rows, labels) = cache.images, found
+    else:
+        images, labels = decode_split(splits.paths(split), splits.labels(split), image_size)
+        rows = np.arange(len(labels))
+    return ArrayBatches(images, rows, labels, batch_size, shuffle=training, augment=augment, seed=seed)
+
+
+# The splits this process decoded (key: the files and the size), so that a run without a cache
+# decodes its train and val splits once, not every epoch. A few entries: train, val, test.
+_DECODED: dict = {}
+
+
+def decode_split(paths: list[str], labels: list[int], image_size: int):
+    """(uint8 images (N, S, S, 3), int32 labels (N,)) of `paths`, decoded as `make_dataset` does.
+
+    Images that fail to decode are dropped with their labels (TensorFlow logs each one), as in the
+    tf.data pipeline. Decoding is the one thing here that needs TensorFlow.
+    """
+    import numpy as np  # lazy: numpy, only when a pipeline is built
+
+    key = (tuple(os.fspath(p) for p in paths), int(image_size))
+    if key not in _DECODED:
+        try:
+            import tensorflow  # noqa: F401  # lazy: TensorFlow, the JPEG decoder
+        except ImportError:
+            raise DataError(
+                f"{key[0][0] if key[0] else 'the split'}: decoding JPEGs needs TensorFlow (pip install "
+                "tensorflow-cpu) or a decoded-image cache built where it is installed (inat-jobs cache-data)"
+            ) from None
+        xs, ys = [], []
+        for x, y in make_dataset(list(key[0]), labels, image_size, 256, shuffle=False, augment=False):
+            xs.append(x.numpy().astype(np.uint8))  # whole levels in float32: exact
+            ys.append(y.numpy())
+        if len(_DECODED) >= 3:
+            _DECODED.pop(next(iter(_DECODED)))
+        _DECODED[key] = (np.concatenate(xs) if xs else np.zeros((0, image_size, image_size, 3), np.uint8),
+                         np.concatenate(ys).astype(np.int32) if ys else np.zeros(0, np.int32))
+    return _DECODED[key]

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import data
 from ..config import RunConfig
+from ..data.pipeline import decode_split
 from ..errors import InatError
 
 from ..models.common import conv_layer_names, input_size, load_model
@@ -91,15 +92,11 @@ class _Run:
     def images(self, indices) -> tuple[np.ndarray, list[int]]:
         """Test images at `indices`, as the model sees them, and which of `indices` decoded."""
         paths = [self.splits.paths("test")[i] for i in indices]
-        # The position travels as the label, so images the pipeline drops cannot shift the rest.
-        ds = data.make_dataset(paths, list(range(len(paths))), self.size, 32, shuffle=False, augment=False)
-        batches, kept = [], []
-        for x, pos in ds:
-            batches.append(x.numpy())
-            kept.extend(int(indices[p]) for p in pos.numpy())
-        if not kept:
+        # The position travels as the label, so images the decoder drops cannot shift the rest.
+        images, positions = decode_split(paths, list(range(len(paths))), self.size)
+        if not len(positions):
             raise InatError(f"{self.splits.root}: none of the chosen test images could be read")
-        return np.concatenate(batches), kept
+        return images.astype(np.float32), [int(indices[p]) for p in positions]
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         batches = [images[i : i + 32] for i in range(0, len(images), 32)]
