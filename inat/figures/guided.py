@@ -22,19 +22,28 @@ The gradients of several neurons are computed together: one forward and one back
 batch of (image, neuron, location) items, where item i's objective is its own neuron's activation.
 Images in a batch do not interact (no batch-norm statistics in inference mode), so the gradient of
 the sum with respect to image i is item i's gradient alone.
+
+Backend-neutral: the rule is a `keras.ops.custom_gradient` with each activation's derivative written
+out (`_slope`, checked against autodiff in tests/figures/test_guided.py); only taking the gradient of
+the objective is the backend's own (`_tf_gradients`, `_jax_gradients`), as Keras has no portable
+gradient call.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 # The activations guided backprop knows how to treat (RunConfig.ACTIVATIONS).
 GUIDED_ACTIVATIONS = ("relu", "elu", "selu", "gelu", "silu", "leaky_relu", "mish")
+
+
+SELU_SCALE = 1.0507009873554805  # keras.activations.selu's scale
 
 
 def guided(activation: str):
@@ -44,22 +53,32 @@ def guided(activation: str):
         raise ValueError(f"guided backprop does not handle activation {activation!r}")
     f = keras.activations.get(name)
 
-    @tf.custom_gradient
+    @ops.custom_gradient
     def guided_f(x):
-        def grad(upstream):
-            gate = tf.logical_and(x > 0, upstream > 0)
-            passed = tf.where(gate, upstream, tf.zeros_like(upstream))
-            if name == "relu":
-                return passed  # f'(x) = 1 wherever the gate is open
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = f(x)
-            # Each activation is elementwise, so this is passed * f'(x).
-            return tape.gradient(y, x, output_gradients=passed)
+        def grad(*args, upstream=None):
+            if upstream is None:  # TensorFlow and JAX pass it positionally, PyTorch by name
+                (upstream,) = args
+            gate = ops.logical_and(ops.greater(x, 0), ops.greater(upstream, 0))
+            return ops.where(gate, upstream * _slope(name, x), ops.zeros_like(upstream))
 
         return f(x), grad
 
     return guided_f
+
+
+def _slope(name: str, x):
+    """f'(x) for x > 0, the only side the guided gate lets through (see the module doc)."""
+    if name in ("relu", "elu", "leaky_relu"):
+        return ops.ones_like(x)
+    if name == "selu":
+        return ops.full_like(x, SELU_SCALE)
+    if name == "gelu":  # Keras's exact gelu, x * Phi(x): Phi(x) + x * phi(x)
+        return 0.5 * (1.0 + ops.erf(x / math.sqrt(2.0))) + x * ops.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    sig = ops.sigmoid(x)
+    if name == "silu":  # x * sigmoid(x)
+        return sig * (1.0 + x * (1.0 - sig))
+    t = ops.tanh(ops.softplus(x))  # mish: x * tanh(softplus(x)), softplus' = sigmoid
+    return t + x * sig * (1.0 - t * t)
 
 
 class GuidedActivation(layers.Layer):
@@ -128,38 +147,67 @@ class NeuronGradients:
 
     `feature_model` maps images to a feature map (B, H, W, C), e.g. `guided_model(...)` for guided
     backprop or `activation_model(...)` for the plain gradient. Item i's objective is
-    fmap[i, rows[i], cols[i], channels[i]]. The indices travel as int32 tensors, so one traced
-    graph serves every neuron and location.
+    fmap[i, rows[i], cols[i], channels[i]]. The indices travel as int32 tensors, so one compiled
+    function serves every neuron and location.
     """
 
     def __init__(self, feature_model: keras.Model):
         self.feature_model = feature_model
-        shape = tuple(feature_model.input.shape[1:])
-        self._fn = tf.function(
-            self._grads,
-            input_signature=[
-                tf.TensorSpec((None, *shape), tf.float32),
-                tf.TensorSpec((None,), tf.int32),
-                tf.TensorSpec((None,), tf.int32),
-                tf.TensorSpec((None,), tf.int32),
-            ],
-            reduce_retracing=True,
-        )
-
-    def _grads(self, images, rows, cols, channels):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            fmap = self.feature_model(images, training=False)
-            index = tf.stack([tf.range(tf.shape(images)[0]), rows, cols, channels], axis=1)
-            objective = tf.reduce_sum(tf.gather_nd(fmap, index))
-        return tape.gradient(objective, images)
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            self._fn = _tf_gradients(feature_model)
+        elif backend == "jax":
+            self._fn = _jax_gradients(feature_model)
+        else:
+            raise ValueError(f"guided backprop: no gradient call for the Keras backend {backend!r} (tensorflow, jax)")
 
     def __call__(
         self, images, rows: Sequence[int], cols: Sequence[int], channels: Sequence[int]
     ) -> np.ndarray:
-        as_idx = lambda v: tf.convert_to_tensor(np.asarray(v, dtype=np.int32))  # noqa: E731
-        out = self._fn(tf.convert_to_tensor(images, tf.float32), as_idx(rows), as_idx(cols), as_idx(channels))
-        return out.numpy()
+        idx = [np.asarray(v, dtype=np.int32) for v in (rows, cols, channels)]
+        return np.asarray(self._fn(np.asarray(images, dtype=np.float32), *idx))
+
+
+def _objective(fmap, rows, cols, channels):
+    """The sum over items of each item's own neuron (see NeuronGradients)."""
+    flat = ops.reshape(fmap, (-1,))
+    h, w, c = fmap.shape[1], fmap.shape[2], fmap.shape[3]
+    index = ((ops.arange(ops.shape(fmap)[0], dtype="int32") * h + rows) * w + cols) * c + channels
+    return ops.sum(ops.take(flat, index))
+
+
+def _tf_gradients(model: keras.Model):
+    import tensorflow as tf  # lazy: the TensorFlow backend's gradient tape
+
+    shape = tuple(model.input.shape[1:])
+    index_spec = tf.TensorSpec((None,), tf.int32)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32), index_spec, index_spec, index_spec],
+                 reduce_retracing=True)  # fmt: skip
+    def grads(images, rows, cols, channels):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            objective = _objective(model(images, training=False), rows, cols, channels)
+        return tape.gradient(objective, images)
+
+    return grads
+
+
+def _jax_gradients(model: keras.Model):
+    import jax  # lazy: the JAX backend's autodiff
+
+    def objective(images, trainable, non_trainable, rows, cols, channels):
+        fmap, _ = model.stateless_call(trainable, non_trainable, images, training=False)
+        return _objective(fmap, rows, cols, channels)
+
+    grad = jax.jit(jax.grad(objective))
+
+    def grads(images, rows, cols, channels):
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+        return grad(images, trainable, non_trainable, rows, cols, channels)
+
+    return grads
 
 
 def strongest_locations(
