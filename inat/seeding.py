@@ -11,7 +11,7 @@ So every stream is re-keyed at the start of each epoch from the config's seed an
 
 Model initialisation draws from `keras.utils.set_random_seed(seed)` once, when a run starts.
 
-`INAT_DETERMINISTIC=1` additionally turns on TensorFlow's op determinism (same results from the same
+`INAT_DETERMINISTIC=1` additionally turns on TensorFlow's op determinism (under TensorFlow) (same results from the same
 inputs, at some cost in speed), which makes a resumed run bit-for-bit the run that was not interrupted.
 """
 
@@ -48,8 +48,18 @@ def reseed_model(model, seed: int, epoch: int) -> int:
 
 
 def deterministic_from_env() -> bool:
-    """Turn on TensorFlow's op determinism when INAT_DETERMINISTIC is set to a true value."""
+    """Turn on TensorFlow's op determinism when INAT_DETERMINISTIC is set to a true value.
+
+    Under the JAX backend there is nothing to turn on from here: XLA on a CPU is deterministic, and
+    on a GPU its flag must be set before JAX starts (XLA_FLAGS=--xla_gpu_deterministic_ops=true,
+    docs/backends.md)."""
     if os.environ.get("INAT_DETERMINISTIC", "").strip().lower() not in ("1", "true", "yes", "on"):
+        return False
+    import keras  # lazy: Keras, for the name of its backend
+
+    if keras.backend.backend() != "tensorflow":
+        log.info("INAT_DETERMINISTIC: on %s, set XLA_FLAGS=--xla_gpu_deterministic_ops=true for GPUs",
+                 keras.backend.backend())
         return False
     import tensorflow as tf  # lazy: TensorFlow, only when determinism is asked for
 

@@ -28,11 +28,11 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
 import keras
-import tensorflow as tf
 
 from . import data, rundir, seeding, tracking
 from .rundir import RunDir
@@ -45,8 +45,24 @@ from .models.common import compile_model, input_size, load_model, make_model
 from .models.weights import resolve_weights
 
 log = logging.getLogger("inat")
-# Recorded in run.json.
-VERSIONS = {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()}
+
+
+def _versions() -> dict:
+    """Recorded in run.json: the Keras backend the run trained on, and the libraries' versions
+    (read from the installed packages: TensorFlow is not imported for it under another backend)."""
+    found = {"keras": keras.__version__, "keras_backend": keras.backend.backend(),
+             "python": platform.python_version()}  # fmt: skip
+    for key, dists in (("tensorflow", ("tensorflow", "tensorflow-cpu")), ("jax", ("jax",)), ("jaxlib", ("jaxlib",))):
+        for dist in dists:
+            try:
+                found[key] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return found
+
+
+VERSIONS = _versions()
 
 
 @dataclass

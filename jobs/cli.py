@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from inat.backends import check_backend
 from inat.errors import InatError
 
 from . import quiet
@@ -23,7 +24,10 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     quiet.install()  # and the lines that variable no longer silences (see jobs/quiet.py)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    # Our INFO lines, not JAX's (under KERAS_BACKEND=jax it logs each platform it probes and lacks).
+    logging.getLogger("jax").setLevel(logging.WARNING)
     try:
+        check_backend()
         app()
     except InatError as exc:
         print(f"inat-jobs: error: {exc}", file=sys.stderr)

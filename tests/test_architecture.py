@@ -30,7 +30,7 @@ from conftest import REPO
 PACKAGES = ("inat", "jobs")
 # What `inat-jobs --help` must not pay for. numpy and PIL are here too: numpy alone takes longer
 # to import than everything --help loads.
-HEAVY = ("tensorflow", "keras", "matplotlib", "optuna", "wandb", "submitit", "numpy", "PIL")
+HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "wandb", "submitit", "numpy", "PIL")
 MAX_LINES = 330
 
 

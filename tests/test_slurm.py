@@ -164,6 +164,24 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     assert_same_run(ref, run)
 
 
+def test_a_training_job_on_the_jax_backend(tmp_path, demo_data, tiny_cfg, monkeypatch):
+    """KERAS_BACKEND travels to the job as every other variable of the submitting environment does."""
+    from jobs.slurm import jobstate
+    from jobs.slurm.profile import load_profile
+    from jobs.slurm.submit import submit_calls
+    from jobs.tasks import TrainTask
+
+    pytest.importorskip("jax")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    run = tmp_path / "run"
+    sub = submit_calls("train", [(TrainTask(), (tiny_cfg, run, demo_data))], load_profile(CI_PROFILE), tmp_path / "jobs")
+    rows = jobstate.wait_for([sub.record()], poll_s=3, timeout_s=300, say=lambda *_: None)
+    logs = "".join(p.read_text()[-3000:] for p in (tmp_path / "jobs").glob(f"{sub.job_id}_0_log.*"))
+    assert rows[0]["State"] == "COMPLETED", (rows, logs)
+    info = read_json(run / "run.json")
+    assert info["status"] == "completed" and info["versions"]["keras_backend"] == "jax", info
+
+
 def assert_same_run(a: Path, b: Path, tol: float = 1e-6) -> None:
     """Two run directories hold the same training: history and final weights within `tol`."""
     import keras

@@ -51,7 +51,8 @@ def scratch_model(cfg, n_classes: int) -> keras.Model:
     x = layers.Dense(cfg.num_dense, kernel_regularizer=l2(cfg), name="dense")(x)
     x = layers.Activation(cfg.activation, name="dense_act")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    # float32 whatever the dtype policy: under mixed precision the softmax and the loss stay exact.
     outputs = layers.Dense(
-        n_classes, activation="softmax", kernel_regularizer=l2(cfg), name="predictions"
+        n_classes, activation="softmax", kernel_regularizer=l2(cfg), name="predictions", dtype="float32"
     )(x)
     return keras.Model(inputs, outputs, name="scratch_cnn")

@@ -86,8 +86,9 @@ def transfer_model(cfg, n_classes: int) -> keras.Model:
     # The head's activation is fixed to relu: `activation` is a Part A knob.
     x = layers.Dense(cfg.num_dense, activation="relu", kernel_regularizer=l2(cfg), name="dense")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    # float32 whatever the dtype policy: under mixed precision the softmax and the loss stay exact.
     outputs = layers.Dense(
-        n_classes, activation="softmax", kernel_regularizer=l2(cfg), name="predictions"
+        n_classes, activation="softmax", kernel_regularizer=l2(cfg), name="predictions", dtype="float32"
     )(x)
     return keras.Model(inputs, outputs, name=f"{cfg.model}_transfer")
 

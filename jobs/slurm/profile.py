@@ -275,6 +275,11 @@ def job_python(profile: ClusterProfile, folder: Path | None = None) -> str:
     image = profile.image or (None if profile.python else os.environ.get("INAT_IMAGE"))
     if not image:
         return profile.python or shlex.quote(sys.executable)
+    backend = os.environ.get("KERAS_BACKEND", "").strip() or "tensorflow"
+    if backend != "tensorflow":
+        # The images hold TensorFlow only (containers/README.md); the job would die importing Keras.
+        raise ConfigError(f"KERAS_BACKEND={backend}: the Apptainer image {image} runs TensorFlow only; "
+                          "submit without an image, from an environment with '.[jax]' (docs/backends.md)")
     scratch = next((p.parent for p in [folder, *folder.parents] if p.name == "jobs"), None) if folder else None
     binds = ",".join(filter(None, [str(scratch or layout.scratch_root()), os.environ.get("INAT_BIND")]))
     # --nv unless the job asks for no GPU: without GPUs apptainer only warns, but a GPU job without
