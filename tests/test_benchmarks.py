@@ -1,0 +1,55 @@
+"""The benchmark scripts run, on this CPU, at sizes small enough for a test, and print what they promise.
+(Their numbers are measured by running them, never asserted here.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_gpu_throughput_runs_without_tensorflow_and_reports_every_figure(tmp_path):
+    """The script the H200 runs: under JAX, with TensorFlow made unimportable, as it is there."""
+    pytest.importorskip("jax")
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('no TensorFlow on this machine')\n")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_throughput.py"), "--sizes", "32", "--partb", "resnet50",
+         "--n", "64", "--steps", "2", "--batch-size", "16", "--filters", "8,8,8,8,8", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result == json.loads(out.read_text())
+    assert result["backend"] == "jax" and result["device"].startswith("cpu")
+    rows = result["rows"]
+    assert [(r["model"], r["image_size"], r["precision"]) for r in rows] == [
+        ("scratch", 32, "float32"), ("scratch", 32, "mixed_bfloat16"),
+        ("resnet50", 224, "float32"), ("resnet50", 224, "mixed_bfloat16")]
+    for row in rows:
+        assert row["train_img_s"] > 0 and row["eval_img_s"] > 0 and row["loader_img_s"] > 0
+        assert 0.0 <= row["input_stall"] <= 1.0
+        assert row["gpu_util_pct"] is None and row["peak_mem_bytes"] is None  # no GPU, no nvidia-smi here
+
+
+@pytest.mark.slow
+def test_backend_speed_prints_a_ratio_per_round(tmp_path):
+    pytest.importorskip("jax")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "backend_speed.py"), "--image-size", "32", "--batch-size", "16",
+         "--steps", "2", "--rounds", "1", "--filters", "8,8,8,8,8"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    (row,) = result["rounds"]
+    assert row["tensorflow"] > 0 and row["jax"] > 0 and row["ratio"] == pytest.approx(row["jax"] / row["tensorflow"], rel=1e-2)
+    assert result["ratio_jax_over_tensorflow"]["median"] == row["ratio"]
