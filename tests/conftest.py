@@ -270,3 +270,32 @@ def fake_trial(tr):
             return Outcome(best, epoch, True)
     write_json(tr.run_dir / "run.json", {"status": "completed"})
     return Outcome(best, tr.config.epochs, False)
+
+
+# ---- W&B's sweep server, replaced -----------------------------------------------------------------
+
+
+def fake_agent(monkeypatch, trials: list[tuple[str, dict]]):
+    """Replace the server: `wandb.agent` runs `function` once per (run id, params), offline."""
+    import wandb
+
+    from inat.sweep import wandb_backend
+
+    real_init = wandb.init
+    monkeypatch.setattr(wandb_backend, "preflight", lambda: "http://wandb.invalid")
+    calls = []
+
+    def agent(sweep_id, function, entity=None, project=None, count=None):
+        calls.append((sweep_id, entity, project, count))
+        for run_id, params in trials[:count]:
+            monkeypatch.setenv("WANDB_RUN_ID", run_id)
+            monkeypatch.setattr(wandb, "init", lambda **kw: real_init(
+                **{**kw, "mode": "offline", "id": run_id, "config": params}))
+            try:
+                function()
+            finally:
+                if wandb.run is not None:
+                    wandb.run.finish()
+
+    monkeypatch.setattr(wandb, "agent", agent)
+    return calls

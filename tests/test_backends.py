@@ -170,3 +170,34 @@ def test_a_sweep_agent_and_retrain_best_on_jax(tmp_path, demo_data):
     (run,) = (scratch / "runs").glob(f"{sweep_id}-best1-seed0")
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["versions"]["keras_backend"] == "jax"
+
+
+# W&B's server replaced as tests/sweep/test_sweep_wandb.py replaces it (conftest.fake_agent), in a
+# process of its own so that Keras starts on JAX.
+WANDB_AGENT = """
+import sys
+from _pytest.monkeypatch import MonkeyPatch
+from conftest import fake_agent
+from inat.sweep import load_sweep, wandb_backend
+sweep = load_sweep(sys.argv[1], sys.argv[2])
+fake_agent(MonkeyPatch(), [("runjax01", {"learning_rate": 0.01, "dropout": 0.1})])
+wandb_backend.run_agent(sweep, count=1)
+"""
+
+
+@pytest.mark.slow
+def test_a_wandb_backend_agent_on_jax(tmp_path, demo_data):
+    from inat.sweep import new_sweep
+
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    fixed = {"epochs": 2, "image_size": 32, "filt_org": [8, 8, 8, 8, 8], "num_dense": 16}
+    sweep, _ = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "wandb", demo_data, fixed)
+    sweep.wandb_sweep = "/inat-jobs/abc123"
+    sweep.save()
+    env = {**_env(), "KERAS_BACKEND": "jax", "WANDB_MODE": "offline",
+           "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", WANDB_AGENT, str(tmp_path / "scratch"), sweep.id],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((sweep.trials_dir / "runjax01" / "run.json").read_text())
+    assert info["status"] == "completed" and info["versions"]["keras_backend"] == "jax", info

@@ -164,21 +164,25 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     assert_same_run(ref, run)
 
 
-def test_a_training_job_on_the_jax_backend(tmp_path, demo_data, tiny_cfg, monkeypatch):
-    """KERAS_BACKEND travels to the job as every other variable of the submitting environment does."""
-    from jobs.slurm import jobstate
-    from jobs.slurm.profile import load_profile
-    from jobs.slurm.submit import submit_calls
-    from jobs.tasks import TrainTask
-
+def test_a_sweep_agent_and_retrain_best_as_jax_jobs(tmp_path, demo_data):
+    """KERAS_BACKEND travels to the jobs as every other variable of the submitting environment does:
+    a sweep agent's array task and retrain-best's training task both train on JAX."""
     pytest.importorskip("jax")
-    monkeypatch.setenv("KERAS_BACKEND", "jax")
-    run = tmp_path / "run"
-    sub = submit_calls("train", [(TrainTask(), (tiny_cfg, run, demo_data))], load_profile(CI_PROFILE), tmp_path / "jobs")
-    rows = jobstate.wait_for([sub.record()], poll_s=3, timeout_s=300, say=lambda *_: None)
-    logs = "".join(p.read_text()[-3000:] for p in (tmp_path / "jobs").glob(f"{sub.job_id}_0_log.*"))
-    assert rows[0]["State"] == "COMPLETED", (rows, logs)
-    info = read_json(run / "run.json")
+    (tmp_path / "s.yaml").write_text(SWEEP.replace("parameters:", "run_cap: 1\nparameters:"))
+    scratch, env = tmp_path / "scratch", {**ENV, "KERAS_BACKEND": "jax"}
+    result = run_cli("launch-sweep", "--sweep", str(tmp_path / "s.yaml"), "--agents", "1", "--data", str(demo_data),
+                     "--out", str(scratch), *TINY_SET, "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    rows = wait_jobs(out["job_ids"], 300)
+    assert [r["State"] for r in rows] == ["COMPLETED"], rows
+    (trial,) = (scratch / "sweeps" / out["sweep_id"] / "trials").iterdir()
+    info = read_json(trial / "run.json")
+    assert info["status"] == "completed" and info["versions"]["keras_backend"] == "jax", info
+    more = run_cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--cluster", "slurm",
+                   "--wait", env=env)
+    assert more.returncode == 0, more.stdout + more.stderr
+    info = read_json(scratch / "runs" / f"{out['sweep_id']}-best1-seed0" / "run.json")
     assert info["status"] == "completed" and info["versions"]["keras_backend"] == "jax", info
 
 

@@ -16,7 +16,7 @@ import keras
 import pytest
 import yaml
 
-from conftest import TINY
+from conftest import TINY, fake_agent
 from inat.sweep import wandb_backend
 from inat.config import RunConfig
 from inat.errors import InatError
@@ -84,30 +84,6 @@ def test_create_reports_a_server_error_in_one_line(monkeypatch, wandb_sweep):
     with pytest.raises(InatError) as err:
         wandb_backend.create(sweep, spec)
     assert str(err.value) == "--backend wandb: permission denied for entity 'x'; " + wandb_backend.HINT
-
-
-def fake_agent(monkeypatch, trials: list[tuple[str, dict]]):
-    """Replace the server: `wandb.agent` runs `function` once per (run id, params), offline."""
-    import wandb
-
-    real_init = wandb.init
-    monkeypatch.setattr(wandb_backend, "preflight", lambda: "http://wandb.invalid")
-    calls = []
-
-    def agent(sweep_id, function, entity=None, project=None, count=None):
-        calls.append((sweep_id, entity, project, count))
-        for run_id, params in trials[:count]:
-            monkeypatch.setenv("WANDB_RUN_ID", run_id)
-            monkeypatch.setattr(wandb, "init", lambda **kw: real_init(
-                **{**kw, "mode": "offline", "id": run_id, "config": params}))
-            try:
-                function()
-            finally:
-                if wandb.run is not None:
-                    wandb.run.finish()
-
-    monkeypatch.setattr(wandb, "agent", agent)
-    return calls
 
 
 def test_agent_trains_each_trial_into_the_sweep_folder(monkeypatch, wandb_sweep):
