@@ -65,24 +65,21 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON object and nothing 
 
 # ---- cluster -----------------------------------------------------------------------------------------
 
-ClusterOpt = typer.Option(
-    None, "--cluster", help="slurm: submit Slurm jobs; local: run on this machine; auto (default): Slurm "
-    "when sbatch is here and the controller answers, else local."
-)
-RunsClusterOpt = typer.Option(
-    None, "--cluster", help="Run as one Slurm array job, one task per run (slurm; auto: Slurm when "
-    "available). Default: in this process."
-)
-ProfileOpt = typer.Option(
-    None, "--profile", help=f"Cluster profile YAML (partition, time, gpus, ...; see "
-    f"configs/clusters/example.yaml). Default: ${PROFILE_ENV}, else Slurm's defaults."
-)
-ClusterSetOpt = typer.Option(
-    None, "--cluster-set", help="Override one cluster-profile key, e.g. --cluster-set time=30 "
-    "--cluster-set partition=gpu. Repeatable."
-)
-ImageOpt = typer.Option(
-    None, "--image", help="Run the Slurm jobs in this Apptainer image (.sif, from containers/build.sh): "
-    "apptainer exec [--nv] -B SCRATCH[,$INAT_BIND] IMAGE python. Default: the profile's `image`, else "
-    "$INAT_IMAGE.", dir_okay=False,
-)
+# What the cluster options say in --help. Each has no default (None: unset), so one table serves.
+_CLUSTER_HELP = {
+    "cluster": "slurm: submit Slurm jobs; local: run on this machine; auto (default): Slurm when sbatch is "
+        "here and the controller answers, else local.",
+    "runs_cluster": "Run as one Slurm array job, one task per run (slurm; auto: Slurm when available). "
+        "Default: in this process.",
+    "profile": f"Cluster profile YAML (partition, time, gpus, ...; see configs/clusters/example.yaml). "
+        f"Default: ${PROFILE_ENV}, else Slurm's defaults.",
+    "cluster_set": "Override one cluster-profile key, e.g. --cluster-set time=30 --cluster-set partition=gpu. "
+        "Repeatable.",
+    "image": "Run the Slurm jobs in this Apptainer image (.sif, from containers/build.sh): apptainer exec "
+        "[--nv] -B SCRATCH[,$INAT_BIND] IMAGE python. Default: the profile's `image`, else $INAT_IMAGE.",
+}  # fmt: skip
+ClusterOpt = typer.Option(None, "--cluster", help=_CLUSTER_HELP["cluster"])
+RunsClusterOpt = typer.Option(None, "--cluster", help=_CLUSTER_HELP["runs_cluster"])
+ProfileOpt = typer.Option(None, "--profile", help=_CLUSTER_HELP["profile"])
+ClusterSetOpt = typer.Option(None, "--cluster-set", help=_CLUSTER_HELP["cluster_set"])
+ImageOpt = typer.Option(None, "--image", help=_CLUSTER_HELP["image"], dir_okay=False)
