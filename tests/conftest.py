@@ -14,11 +14,6 @@ import pytest
 # W&B stays off unless a test turns it on: it starts a service process per run.
 os.environ["WANDB_MODE"] = "disabled"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Two xdist workers share two cores with the Slurm jobs they submit: one TensorFlow thread pool
-# thread each instead of one per core. The tests' models are tiny, and alone on the machine a tiny
-# run trained faster with one thread than with two (14.7 s against 18.1 s, the same run).
-os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
