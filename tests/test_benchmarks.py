@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,13 +11,13 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, require
 
 
 @pytest.mark.slow
 def test_gpu_throughput_runs_without_tensorflow_and_reports_every_figure(tmp_path):
     """The script the H200 runs: under JAX, with TensorFlow made unimportable, as it is there."""
-    pytest.importorskip("jax")
+    require(importlib.util.find_spec("jax") is not None, "needs jax (the test extra)")
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('no TensorFlow on this machine')\n")
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
@@ -42,7 +43,7 @@ def test_gpu_throughput_runs_without_tensorflow_and_reports_every_figure(tmp_pat
 
 @pytest.mark.slow
 def test_backend_speed_prints_a_ratio_per_round(tmp_path):
-    pytest.importorskip("jax")
+    require(importlib.util.find_spec("jax") is not None, "needs jax (the test extra)")
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "backend_speed.py"), "--image-size", "32", "--batch-size", "16",
          "--steps", "2", "--rounds", "1", "--filters", "8,8,8,8,8"],

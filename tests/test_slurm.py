@@ -8,6 +8,7 @@ The jobs import this checkout: the executor exports its path (jobs.slurm.profile
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -167,7 +168,7 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
 def test_a_sweep_agent_and_retrain_best_as_jax_jobs(tmp_path, demo_data):
     """KERAS_BACKEND travels to the jobs as every other variable of the submitting environment does:
     a sweep agent's array task and retrain-best's training task both train on JAX."""
-    pytest.importorskip("jax")
+    require(importlib.util.find_spec("jax") is not None, "needs jax (the test extra)")
     (tmp_path / "s.yaml").write_text(SWEEP.replace("parameters:", "run_cap: 1\nparameters:"))
     scratch, env = tmp_path / "scratch", {**ENV, "KERAS_BACKEND": "jax"}
     result = run_cli("launch-sweep", "--sweep", str(tmp_path / "s.yaml"), "--agents", "1", "--data", str(demo_data),
