@@ -194,8 +194,8 @@ def _array_batches(splits: Splits, split: str, image_size: int, batch_size: int,
     return ArrayBatches(images, rows, labels, batch_size, shuffle=training, augment=augment, seed=seed)
 
 
-# The splits this process decoded (key: the files and the size), so that a run without a cache
-# decodes its train and val splits once, not every epoch. A few entries: train, val, test.
+# The splits this process decoded (key: the files, their labels and the size), so that a run
+# without a cache decodes its train and val splits once, not every epoch. A few entries.
 _DECODED: dict = {}
 
 
@@ -207,7 +207,8 @@ def decode_split(paths: list[str], labels: list[int], image_size: int):
     """
     import numpy as np  # lazy: numpy, only when a pipeline is built
 
-    key = (tuple(os.fspath(p) for p in paths), int(image_size))
+    # The labels belong in the key: visualize decodes test files with their positions as labels.
+    key = (tuple(os.fspath(p) for p in paths), tuple(int(v) for v in labels), int(image_size))
     if key not in _DECODED:
         try:
             import tensorflow  # noqa: F401  # lazy: TensorFlow, the JPEG decoder
@@ -217,7 +218,7 @@ def decode_split(paths: list[str], labels: list[int], image_size: int):
                 "tensorflow-cpu) or a decoded-image cache built where it is installed (inat-jobs cache-data)"
             ) from None
         xs, ys = [], []
-        for x, y in make_dataset(list(key[0]), labels, image_size, 256, shuffle=False, augment=False):
+        for x, y in make_dataset(list(key[0]), list(key[1]), image_size, 256, shuffle=False, augment=False):
             xs.append(x.numpy().astype(np.uint8))  # whole levels in float32: exact
             ys.append(y.numpy())
         if len(_DECODED) >= 3:

@@ -78,3 +78,18 @@ def test_the_same_uniforms_give_the_tf_pipelines_augmentation():
     ours = np.asarray(loader.augment_batch(arr, u))
     theirs = pipeline.augment_with(arr, u).numpy()
     assert np.abs(ours - theirs).max() < 1e-3  # measured: 5e-5 (float32 rounding)
+
+
+def test_a_split_decoded_once_keeps_the_labels_it_was_asked_for(demo_data):
+    """The memo of decoded splits is keyed by the labels too: visualize decodes test files with their
+    positions as labels, after evaluate may have decoded the same files with their classes."""
+    pytest.importorskip("tensorflow")
+    from inat import data
+
+    splits = data.discover(demo_data)
+    paths, classes = splits.paths("test")[:5], splits.labels("test")[:5]
+    first, labels = pipeline.decode_split(paths, classes, 32)
+    again, positions = pipeline.decode_split(paths, list(range(5)), 32)
+    assert list(labels) == classes and list(positions) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(first, again)
+    assert first.dtype == np.uint8 and first.shape == (5, 32, 32, 3)
