@@ -16,10 +16,15 @@ SUPPORTED = {"tensorflow": "tensorflow", "jax": "jax"}  # backend -> the module 
 INSTALL = {"tensorflow": "pip install -e '.[cpu]' (or '.[gpu]')", "jax": "pip install -e '.[jax]'"}
 
 
+def requested() -> str:
+    """The backend KERAS_BACKEND names, unchecked: what this process's Keras will load, or a job's."""
+    return os.environ.get("KERAS_BACKEND", "").strip() or "tensorflow"
+
+
 def check_backend() -> str:
     """The backend KERAS_BACKEND asks for, checked before Keras is imported: one line naming the
     variable if it is one we do not run on, or if its library is not installed."""
-    name = os.environ.get("KERAS_BACKEND", "").strip() or "tensorflow"
+    name = requested()
     if name not in SUPPORTED:
         raise ConfigError(f"KERAS_BACKEND={name!r}: inat-jobs runs on {' or '.join(SUPPORTED)}")
     # TensorFlow is the base install, and looking it up here would spend jobs.quiet's one chance to

@@ -22,8 +22,9 @@ from keras import ops
 
 from .augment import CONTRAST, MAX_BRIGHTNESS, MIN_ZOOM_SIDE
 
-# Threads that gather (and augment) batches ahead of the model. numpy's fancy indexing and XLA's ops
-# release the GIL, so two threads keep ahead of a GPU at the sizes measured (docs/performance.md).
+# Threads that gather (and augment) batches ahead of the model; numpy's fancy indexing and XLA's ops
+# release the GIL. Two are plenty on these CPUs; whether they keep a GPU fed is what
+# benchmarks/gpu_throughput.py's input_stall and loader_img_s measure (not yet run on a GPU).
 WORKERS = 2
 
 
@@ -49,8 +50,8 @@ class ArrayBatches(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.augment = augment
         self.seed = int(seed)
-        order = np.random.default_rng(self.seed).permutation(len(self.rows)) if shuffle else None
-        self.order = np.arange(len(self.rows)) if order is None else order
+        n = len(self.rows)
+        self.order = np.random.default_rng(self.seed).permutation(n) if shuffle else np.arange(n)
 
     def __len__(self) -> int:
         return math.ceil(len(self.rows) / self.batch_size)

@@ -37,7 +37,7 @@ from typing import Any, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from inat import layout
+from inat import backends, layout
 from inat.config import load_yaml_mapping, parse_overrides
 from inat.errors import ConfigError
 from inat.validation import invalid, one_line, says
@@ -275,7 +275,7 @@ def job_python(profile: ClusterProfile, folder: Path | None = None) -> str:
     image = profile.image or (None if profile.python else os.environ.get("INAT_IMAGE"))
     if not image:
         return profile.python or shlex.quote(sys.executable)
-    backend = os.environ.get("KERAS_BACKEND", "").strip() or "tensorflow"
+    backend = backends.requested()
     if backend != "tensorflow":
         # The images hold TensorFlow only (containers/README.md); the job would die importing Keras.
         raise ConfigError(f"KERAS_BACKEND={backend}: the Apptainer image {image} runs TensorFlow only; "
