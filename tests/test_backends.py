@@ -50,6 +50,20 @@ def test_a_backend_that_is_not_installed_is_one_line(tmp_path):
 SEEDS = (0, 1, 2)
 
 
+def test_a_job_in_an_image_is_refused_under_jax(tmp_path, monkeypatch):
+    """The images hold TensorFlow only: a job there under JAX would die importing Keras."""
+    from inat.errors import ConfigError
+    from jobs.slurm.profile import job_python, load_profile
+
+    image = tmp_path / "inat.sif"
+    image.write_bytes(b"")
+    profile = load_profile(None, [], image)
+    assert "apptainer" in job_python(profile, tmp_path / "jobs" / "x")  # the control, on TensorFlow
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(ConfigError, match=r"KERAS_BACKEND=jax: the Apptainer image .* runs TensorFlow only"):
+        job_python(profile, tmp_path / "jobs" / "x")
+
+
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory) -> dict[str, Path]:
     """configs/train/demo.yaml (at 32 px, 12 epochs, to fit 2 cores) trained on the same demo data
