@@ -28,11 +28,14 @@ POOLINGS = ("avg", "max")
 # What train() logs each epoch, so what can pick the kept epoch (and what a sweep can rank on).
 MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 GOALS = ("auto", "maximize", "minimize")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 Model = Literal[MODELS]
 Activation = Literal[ACTIVATIONS]
 Pooling = Literal[POOLINGS]
 Monitor = Literal[MONITORS]
 Goal = Literal[GOALS]
+Precision = Literal[PRECISIONS]
+JitCompile = Literal["auto"] | bool
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -71,6 +74,12 @@ class RunConfig:
     # maximised, losses minimised.
     monitor: Monitor = "val_accuracy"
     monitor_goal: Goal = "auto"
+    # Compute: `inat.devices` resolves "auto" on the machine that trains, and run.json records the
+    # choice. precision auto: bfloat16 on GPUs of compute capability >= 8.0, float16 (with loss
+    # scaling) on 7.x, float32 on CPUs. jit_compile auto: XLA on GPUs; on CPUs off under TensorFlow
+    # (2.4x slower there), on under JAX (JAX without jit runs op by op).
+    precision: Precision = "auto"
+    jit_compile: JitCompile = "auto"
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -134,13 +143,20 @@ class RunConfig:
     def _bool(cls, value: Any) -> bool:
         # The original notebooks compared against 'True' while sweeps sent 'true', so batch norm
         # silently never switched on: accept every spelling, reject anything else.
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise invalid("expected true or false")
+        found = _read_bool(value)
+        if found is None:
+            raise invalid("expected true or false")
+        return found
+
+    @field_validator("jit_compile", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> bool | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        found = _read_bool(value)
+        if found is None:
+            raise invalid("expected auto, true or false")
+        return found
 
     @field_validator("batch_size", "num_dense", "image_size", "epochs", "seed", "trainable_layers", mode="before")
     @classmethod
@@ -168,7 +184,7 @@ class RunConfig:
                 pass
         raise invalid("expected a number")
 
-    @field_validator("model", "activation", "weights", "pooling", "monitor", "monitor_goal", mode="before")
+    @field_validator("model", "activation", "weights", "pooling", "monitor", "monitor_goal", "precision", mode="before")
     @classmethod
     def _str(cls, value: Any) -> str:
         if value is None:
@@ -221,6 +237,17 @@ class RunConfig:
 
 
 _VALIDATOR = TypeAdapter(RunConfig)
+
+
+def _read_bool(value: Any) -> bool | None:
+    """A boolean in any of YAML's and the CLI's spellings, else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return None
 
 
 # ---- parsing helpers ------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import keras
 
-from . import data, rundir, seeding, tracking
+from . import data, devices, rundir, seeding, tracking
 from .rundir import RunDir
 from .config import RunConfig
 from .data.cache import find_cache
@@ -87,6 +87,7 @@ def train(
     verbose: int | None = None,
     cache_root: str | os.PathLike | None = None,
     build_cache: bool = True,
+    replicas: int = 1,
 ) -> TrainResult:
     """Train `cfg` into `run_dir`, resuming if the directory holds an unfinished run of the same config.
 
@@ -94,6 +95,7 @@ def train(
     come from the cache of this dataset at this input size when one matches the files on disk;
     if none does and `build_cache` is true, it is built first (once, however many runs start
     together; see `inat.data.cache_build`). Without `cache_root` the JPEGs are decoded every epoch.
+    `replicas` > 1 trains over that many GPUs at once (`inat.devices`).
 
     A new run directory that fails before its first epoch is committed (bad data, missing weights,
     a full disk) is removed again: a failed start leaves nothing behind to mistake for a run.
@@ -107,7 +109,8 @@ def train(
     try:
         with run.exclusive():
             return _train_locked(
-                cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache
+                cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache,
+                replicas,
             )
     except Exception:
         if created and not run.state_path.exists():
@@ -115,7 +118,8 @@ def train(
         raise
 
 
-def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache):
+def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_type, verbose, cache_root, build_cache,
+                  replicas):
     run = RunDir(run_dir)
     run.remove_stale_temps()
     state = run.read_state()
@@ -123,23 +127,31 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
     splits = _prepare_splits(cfg, run, data_root)
     run.save_config(cfg)
     seeding.deterministic_from_env()
+    # A resumed run keeps the precision it started with (a requeue may land on another GPU model),
+    # or its checkpoint's optimizer would not match the one compiled for it.
+    started_with = (run.info().get("compute") or {}).get("precision") if state is not None else None
+    compute = devices.place(cfg, replicas, precision=started_with)
+    info = {"versions": VERSIONS, "compute": compute.record()}
 
     keras.utils.set_random_seed(cfg.seed)
-    if state is not None:
-        run.publish_best_model(state)
-        start_epoch = state["epoch"]
-        model = load_model(run.checkpoint_dir / state["checkpoint"])
-        log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
-    else:
-        start_epoch = 0
-        model = make_model(cfg, len(splits.classes))
-        compile_model(model, cfg)
+    with compute.scope():
+        if state is not None:
+            run.publish_best_model(state)
+            start_epoch = state["epoch"]
+            # The checkpoint brings its layers' dtypes and its optimizer (with a float16 loss scale).
+            model = load_model(run.checkpoint_dir / state["checkpoint"])
+            model.jit_compile = compute.jit_compile
+            log.info("resuming %s after epoch %d of %d", run_dir.name, start_epoch, cfg.epochs)
+        else:
+            start_epoch = 0
+            model = make_model(cfg, len(splits.classes), synchronized=compute.replicas > 1)
+            compile_model(model, cfg, jit_compile=compute.jit_compile)
     run.trim_history(start_epoch)
 
-    run.write_info(cfg, splits, status="running", epochs_done=start_epoch, versions=VERSIONS)
+    run.write_info(cfg, splits, status="running", epochs_done=start_epoch, **info)
     if state is not None and start_epoch >= cfg.epochs:
         log.info("%s already finished all %d epochs", run_dir.name, cfg.epochs)
-        return _finish(run, cfg, splits, state, "completed")
+        return _finish(run, cfg, splits, state, "completed", info)
 
     size = input_size(cfg)
     cache = _find_or_build_cache(splits, size, cache_root, build_cache) if cache_root is not None else None
@@ -183,13 +195,13 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
                     break
     except BaseException:
         tracker.finish(exit_code=1)
-        run.write_info(cfg, splits, status="failed", epochs_done=recorder.state["epoch"], versions=VERSIONS)
+        run.write_info(cfg, splits, status="failed", epochs_done=recorder.state["epoch"], **info)
         raise
     status = "completed" if recorder.state["epoch"] >= cfg.epochs else "stopped"
     tracker.summary({"best_val_accuracy": recorder.state["best_val_accuracy"], "best_epoch": recorder.state["best_epoch"],
                      f"best_{cfg.monitor}": recorder.state.get("best_value"), "status": status})
     tracker.finish()
-    return _finish(run, cfg, splits, recorder.state, status)
+    return _finish(run, cfg, splits, recorder.state, status, info)
 
 
 class EpochProgbar(keras.callbacks.ProgbarLogger):
@@ -282,13 +294,13 @@ def _prepare_splits(cfg: RunConfig, run: RunDir, data_root):
     return splits
 
 
-def _finish(run: RunDir, cfg, splits, state, status) -> TrainResult:
+def _finish(run: RunDir, cfg, splits, state, status, info: dict) -> TrainResult:
     best = float(state.get("best_val_accuracy", -1.0))
     value = float(state.get("best_value", best if cfg.monitor == "val_accuracy" else math.nan))
     goal = "maximize" if cfg.monitor_maximize else "minimize"
     run.write_info(
         cfg, splits, status=status, epochs_done=state["epoch"],
-        versions=VERSIONS, best_val_accuracy=best, best_epoch=state.get("best_epoch", 0),
+        **info, best_val_accuracy=best, best_epoch=state.get("best_epoch", 0),
         best={"metric": cfg.monitor, "goal": goal, "epoch": state.get("best_epoch", 0), "value": value},
     )
     return TrainResult(run.path, state["epoch"], best, state.get("best_epoch", 0), status, value)

@@ -5,11 +5,13 @@ restarted agent finds its unfinished trial in SWEEP/agents/<agent id>.json and r
 number i, a local agent or Slurm array task i, is `agent_id(i)`: agent-<i>.
 
 With `--cluster local`, `launch-sweep` and `pipeline` start the agents as `python -m jobs agent`
-processes, each in its own session, with its output in SWEEP/agents/<agent id>.log.
+processes, each in its own session, with its output in SWEEP/agents/<agent id>.log. A Slurm job
+that runs several agents (`jobs.gpus`) starts them the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,8 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from inat.devices import THREADS_ENV
 from inat.errors import ConfigError
 from inat.sweep import Sweep
+
+from .gpus import job_cpus
 
 AGENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -68,23 +73,41 @@ class LocalAgent:
 
 
 def start_local(sweep: Sweep, n: int, count: int | None) -> list[LocalAgent]:
-    """Start agents 0..n-1 of `sweep` as processes of this machine, each running up to `count` trials."""
+    """Start agents 0..n-1 of `sweep` as processes of this machine, each running up to `count` trials
+    with its share of the CPUs (`jobs.gpus.job_cpus` / n threads)."""
+    threads = {THREADS_ENV: str(max(1, job_cpus() // n))}
+    return start_agents(sweep, [agent_id(i) for i in range(n)], [count] * n, [threads] * n)
+
+
+def start_agents(sweep: Sweep, names: list[str], counts: list[int | None], envs: list[dict[str, str]],
+                 gpus_per_trial: int = 1) -> list[LocalAgent]:
+    """Start one `python -m jobs agent` process per name, each with its count and its environment
+    on top of this one's, in its own session (Ctrl-C here does not reach it; `wait` passes it on)."""
     sweep.agents_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    base = dict(os.environ)
     repo = str(Path(__file__).resolve().parents[1])  # so `python -m jobs` works from a checkout too
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, base.get("PYTHONPATH")]))
     started = []
-    for i in range(n):
-        name = agent_id(i)
+    for name, count, env in zip(names, counts, envs):
         cmd = [sys.executable, "-m", "jobs", "agent", "--sweep-id", sweep.id, "--out", str(sweep.scratch_root),
                "--agent-id", name]
         if count is not None:
             cmd += ["--count", str(count)]
+        if gpus_per_trial > 1:
+            cmd += ["--gpus-per-trial", str(gpus_per_trial)]
         with open(log_path(sweep, name), "ab") as logfile:
             started.append(LocalAgent(name, subprocess.Popen(
-                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env={**base, **env},
                 start_new_session=True)))
     return started
+
+
+def stop(agents: list[LocalAgent]) -> None:
+    """SIGTERM every agent still running, with whatever it started (its session)."""
+    for agent in agents:
+        if agent.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agent.proc.pid, signal.SIGTERM)
 
 
 def wait(agents: list[LocalAgent], say: Callable[[str], None]) -> list[LocalAgent]:
@@ -93,9 +116,7 @@ def wait(agents: list[LocalAgent], say: Callable[[str], None]) -> list[LocalAgen
         for agent in agents:
             agent.proc.wait()
     except KeyboardInterrupt:
-        for agent in agents:  # they run in their own sessions: Ctrl-C does not reach them by itself
-            if agent.proc.poll() is None:
-                os.killpg(agent.proc.pid, signal.SIGTERM)
+        stop(agents)  # they run in their own sessions: Ctrl-C does not reach them by itself
         raise
     failed = [a for a in agents if a.proc.returncode != 0]
     say(f"agents finished: {len(agents) - len(failed)} ok, {len(failed)} failed")

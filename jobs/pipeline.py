@@ -33,6 +33,7 @@ from inat.fsutil import read_json, write_json
 from inat.sweep import Sweep
 
 from . import agents
+from .gpus import JobAgents
 from .slurm import jobstate
 from .slurm.profile import ClusterProfile
 from .slurm.submit import Submitted, run_calls, submit_calls
@@ -45,14 +46,18 @@ def pipeline_dir(scratch: Path, pipeline_id: str) -> Path:
     return layout.pipelines_dir(scratch) / pipeline_id
 
 
-def stage_calls(sw: Sweep, options: dict[str, Any]) -> dict[str, list]:
-    """Every stage's (function, args) list; the same for Slurm and local runs."""
+def stage_calls(sw: Sweep, options: dict[str, Any], profile: ClusterProfile | None = None) -> dict[str, list]:
+    """Every stage's (function, args) list; the same for Slurm and local runs. `profile` (Slurm):
+    its GPU keys decide the agents per job and the GPUs per retraining run (`jobs.gpus`)."""
     top_k, seeds = options["top_k"], options["seeds"]
     runs_root = layout.runs_dir(sw.scratch_root)
     runs = retrain_dirs(runs_root, sw.id, top_k, seeds)
+    plan = JobAgents(options["agents"]) if profile is None else JobAgents.for_profile(
+        options["agents"], profile.for_stage("agent"))
+    replicas = 1 if profile is None else profile.for_stage("train").gpus_per_trial
     return {
-        "agent": [(AgentTask(), (sw.dir, i, options["trials_per_agent"])) for i in range(options["agents"])],
-        "train": [(RetrainTask(), (sw.dir, runs_root, i, top_k, seeds, options["epochs"]))
+        "agent": [(AgentTask(), (sw.dir, i, options["trials_per_agent"], plan)) for i in range(plan.tasks)],
+        "train": [(RetrainTask(), (sw.dir, runs_root, i, top_k, seeds, options["epochs"], replicas))
                   for i in range(len(runs))],
         "test": [(evaluate_run, (run, None, None, True)) for run in runs],
         "visualize": [(visualize_run, (run, options["what"], None, 0, 200, True, True)) for run in runs]
@@ -74,7 +79,7 @@ def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any])
     record = new_record(sw, "slurm", options)
     path = pipeline_dir(sw.scratch_root, sw.id) / "pipeline.json"
     folders = layout.jobs_dir(sw.scratch_root) / sw.id
-    calls = stage_calls(sw, options)
+    calls = stage_calls(sw, options, profile)
     previous: Submitted | None = None
     try:
         for stage in STAGES:

@@ -13,6 +13,7 @@ Deterministic names let later pipeline stages find the runs of earlier ones with
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -28,9 +29,11 @@ from inat.errors import InatError
 
 from inat.rundir import RunDir
 from inat.sweep import best_configs, load_sweep, wandb_backend
-from inat.sweep.local import run_agent, trials_ended_by
+from inat.sweep.local import run_agent, train_trial, trials_ended_by
 
+from . import agents
 from .agents import agent_id
+from .gpus import JobAgents, check_visible, visible_gpus
 
 log = logging.getLogger("inat")
 
@@ -121,10 +124,10 @@ class TrainTask(_Recorded):
     a knob for tests that need a job to outlive its time limit; leave it 0."""
 
     def __call__(self, cfg: RunConfig, run_dir: Path, data_root: Path | None,
-                 epoch_delay_s: float = 0.0) -> dict:
+                 epoch_delay_s: float = 0.0, replicas: int = 1) -> dict:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, data_root, epoch_delay_s,
+        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, data_root, epoch_delay_s, replicas,
                          run_dir=run_dir)
 
 
@@ -134,7 +137,7 @@ class RetrainTask(_Recorded):
     tasks skip. A requeued task reuses the config already saved in its run directory."""
 
     def __call__(self, sweep_dir: Path, runs_root: Path, index: int, top_k: int, seeds: int,
-                 epochs: int | None = None) -> dict:
+                 epochs: int | None = None, replicas: int = 1) -> dict:
         sweep_dir = Path(sweep_dir)
         sweep = load_sweep(layout.root_of(sweep_dir), sweep_dir.name)
         rank, seed = retrain_plan(top_k, seeds)[index]
@@ -150,7 +153,7 @@ class RetrainTask(_Recorded):
             ranked, cfg = picked
             write_origin(run_dir, sweep.id, ranked, rank, seed)
         run_dir.mkdir(parents=True, exist_ok=True)
-        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0,
+        return self._run(run_dir / "attempts.json", _train, cfg, run_dir, Path(sweep.data_root), 0.0, replicas,
                          run_dir=run_dir)
 
 
@@ -175,14 +178,14 @@ def write_origin(run_dir: Path, sweep_id: str, picked, rank: int, seed: int) -> 
     })
 
 
-def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s: float) -> dict:
+def _train(cfg: RunConfig, run_dir: Path, data_root: Path | None, epoch_delay_s: float, replicas: int = 1) -> dict:
     from inat.train import train  # lazy: Keras and TensorFlow, for training jobs only
 
     callbacks = [_delay_callback(epoch_delay_s)] if epoch_delay_s > 0 else []
     # Train and retrain jobs always write SCRATCH/runs/<id>/ (layout.runs_dir): their cache is
     # SCRATCH/cache, shared with the sweep's agents, so retraining decodes nothing.
     cache_root = layout.cache_dir(layout.root_of(Path(run_dir).resolve()))
-    result = train(cfg, run_dir, data_root, callbacks=callbacks, verbose=2, cache_root=cache_root)
+    result = train(cfg, run_dir, data_root, callbacks=callbacks, verbose=2, cache_root=cache_root, replicas=replicas)
     return {"run_dir": str(run_dir), "status": result.status, "epochs_done": result.epochs_done,
             "best_val_accuracy": result.best_val_accuracy}
 
@@ -201,18 +204,43 @@ def _delay_callback(seconds: float):
 
 
 class AgentTask(_Recorded):
-    """One sweep agent. A requeued agent keeps its id, so it resumes its unfinished trial and then runs
-    only the trials its count has left."""
+    """Sweep agents: array task `index` runs the agents `plan` gives it (`jobs.gpus`; default one).
+    A requeued agent keeps its id, so it resumes its unfinished trial and then runs only the trials
+    its count has left."""
 
-    def __call__(self, sweep_dir: Path, index: int, trials: int | None) -> dict:
+    def __call__(self, sweep_dir: Path, index: int, trials: int | None, plan: JobAgents | None = None) -> dict:
         sweep_dir = Path(sweep_dir)
         sweep = load_sweep(layout.root_of(sweep_dir), sweep_dir.name)
-        name = agent_id(index)
+        plan = plan or JobAgents(total=index + 1)
+        names = [agent_id(i) for i in plan.indices(index)]
         sweep.agents_dir.mkdir(parents=True, exist_ok=True)
-        return self._run(sweep.agents_dir / f"{name}.attempts.json", _agent, sweep, name, trials)
+        if len(names) == 1:  # in this process: the job's GPUs (CUDA_VISIBLE_DEVICES) are all its own
+            return self._run(sweep.agents_dir / f"{names[0]}.attempts.json", _agent, sweep, names[0], trials,
+                             plan.gpus_per_trial)
+        return self._run(sweep.agents_dir / f"job-{index}.attempts.json", self._agents, sweep, names, trials,
+                         plan)
+
+    def _agents(self, sweep, names: list[str], trials: int | None, plan: JobAgents) -> dict:
+        gpus = visible_gpus()
+        check_visible(plan, len(names), gpus)
+        counts = [None if trials is None else max(0, trials - trials_ended_by(sweep, n)) for n in names]
+        todo = [(n, c, e) for n, c, e in zip(names, counts, plan.environments(len(names), gpus)) if c != 0]
+        self._children = agents.start_agents(sweep, *map(list, zip(*todo)), plan.gpus_per_trial) if todo else []
+        log.info("started %d agent(s): %s", len(self._children),
+                 ", ".join(f"{a.id} (CUDA_VISIBLE_DEVICES={e.get('CUDA_VISIBLE_DEVICES', '')})"
+                           for a, (_, _, e) in zip(self._children, todo)))  # fmt: skip
+        failed = agents.wait(self._children, log.info)
+        if failed:
+            raise InatError(f"agent(s) {', '.join(a.exit_text() for a in failed)} failed; "
+                            f"see {agents.logs_glob(sweep)}")
+        return {"agents": [a.id for a in self._children], "backend": sweep.backend}
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
+        agents.stop(getattr(self, "_children", []))  # each resumes its trial after the requeue
+        return super().checkpoint(*args, **kwargs)
 
 
-def _agent(sweep, name: str, trials: int | None) -> dict:
+def _agent(sweep, name: str, trials: int | None, gpus_per_trial: int = 1) -> dict:
     if sweep.backend == "wandb":
         wandb_backend.run_agent(sweep, trials)
         return {"agent_id": name, "backend": "wandb"}
@@ -221,7 +249,8 @@ def _agent(sweep, name: str, trials: int | None) -> dict:
         left = trials - trials_ended_by(sweep, name)
         if left <= 0:
             return {"agent_id": name, "trials": [], "stop_reason": "count reached before the requeue"}
-    return run_agent(sweep, name, left)
+    trial_fn = functools.partial(train_trial, replicas=gpus_per_trial) if gpus_per_trial > 1 else None
+    return run_agent(sweep, name, left, trial_fn=trial_fn)
 
 
 # ---- test and figures ----------------------------------------------------------------------------------

@@ -187,6 +187,47 @@ def test_a_sweep_agent_and_retrain_best_as_jax_jobs(tmp_path, demo_data):
     assert info["status"] == "completed" and info["versions"]["keras_backend"] == "jax", info
 
 
+def test_gpu_jobs_two_agents_per_gpu_and_one_trial_over_two_gpus(tmp_path, demo_data):
+    """The CI node offers 2 stand-in GPUs (gres, scripts/slurm/setup-cluster.sh): Slurm schedules a
+    job that asks for them, accounts them and sets CUDA_VISIBLE_DEVICES=0,1 as on a GPU node.
+
+    agents_per_gpu 2: `--agents 4` is one array task running 4 agent processes, two pinned to each
+    GPU, each with its share of the job's 2 CPUs, each trial recorded once. gpus_per_trial 2: a
+    retraining job trains one run over both (as 2 logical CPU devices here: $INAT_CPU_REPLICAS)."""
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    scratch = tmp_path / "scratch"
+    gpu = ["--cluster-set", "gpus=2", "--cluster-set", "cpus=2", "--cluster-set", "mem=8"]
+    result = run_cli("launch-sweep", "--sweep", str(tmp_path / "s.yaml"), "--agents", "4", "--trials-per-agent", "1",
+                     "--data", str(demo_data), "--out", str(scratch), *TINY_SET, "--set", "epochs=1", *gpu,
+                     "--cluster-set", "agents_per_gpu=2", "--json", env=ENV)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert len(out["job_ids"]) == 1, out  # 4 agents, 1 job
+    rows = wait_jobs(out["job_ids"], 420)
+    assert [r["State"] for r in rows] == ["COMPLETED"], rows
+    tres = subprocess.run(["sacct", "-j", out["job_ids"][0], "-X", "-n", "-P", "-o", "AllocTRES"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "gres/gpu=2" in tres, tres
+
+    sweep = scratch / "sweeps" / out["sweep_id"]
+    trials = json.loads(cli("sweep-status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["trials"]
+    assert sorted(t["agent"] for t in trials) == ["agent-0", "agent-1", "agent-2", "agent-3"], trials
+    assert all(t["state"] == "finished" for t in trials) and len({t["run_dir"] for t in trials}) == 4
+    for t in trials:
+        compute = read_json(sweep / "trials" / t["run_dir"] / "run.json")["compute"]
+        assert compute["cuda_visible_devices"] == {"agent-0": "0", "agent-1": "0", "agent-2": "1",
+                                                   "agent-3": "1"}[t["agent"]], (t, compute)
+        assert compute["threads"] == {"budget": 1, "intra_op": 1, "inter_op": 1}, compute  # 2 CPUs / 4
+        assert (sweep / "agents" / f"{t['agent']}.log").is_file()
+
+    more = run_cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--cluster", "slurm", *gpu,
+                   "--cluster-set", "gpus_per_trial=2", "--wait", env={**ENV, "INAT_CPU_REPLICAS": "1"})
+    assert more.returncode == 0, more.stdout + more.stderr
+    info = read_json(scratch / "runs" / f"{out['sweep_id']}-best1-seed0" / "run.json")
+    assert info["status"] == "completed", info
+    assert info["compute"]["replicas"] == 2 and info["compute"]["cuda_visible_devices"] == "0,1", info["compute"]
+
+
 def assert_same_run(a: Path, b: Path, tol: float = 1e-6) -> None:
     """Two run directories hold the same training: history and final weights within `tol`."""
     import keras

@@ -110,7 +110,7 @@ class Cache:
 
         ds = tf.data.Dataset.from_tensor_slices((rows, labels))
         if shuffle:
-            ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=repeat)
         if repeat:
             ds = ds.repeat()
         ds = ds.batch(batch_size).map(

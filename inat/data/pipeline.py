@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from ..devices import thread_budget
 from ..errors import DataError
 from .augment import CONTRAST, MAX_BRIGHTNESS, MIN_ZOOM_SIDE
 from .splits import Splits
@@ -46,7 +47,8 @@ def make_dataset(
     ds = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
     if shuffle:
         # Shuffle file names, not decoded pixels: a full-size buffer costs a few bytes per image.
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        # The same order for every iterator (as for the augmentation below); only a repeat reshuffles.
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=repeat)
     if repeat:
         ds = ds.repeat()
     ds = ds.map(
@@ -99,8 +101,10 @@ def finish_batches(ds, *, augment: bool, seed: int = 0):
     import tensorflow as tf  # lazy: TensorFlow, as above
 
     if augment:
-        # One stateless seed pair per batch; re-drawn every epoch (rerandomize_each_iteration).
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        # One stateless seed pair per batch. Every epoch builds its pipeline from its own seed, and
+        # any iterator over this one sees the same pairs: tf.distribute iterates a dataset once
+        # before training, so re-drawing per iterator would make a multi-replica run differ.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=False).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
             lambda xy, s: (augment_batch(xy[0], s), xy[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -164,23 +168,37 @@ def dataset_for(
     if keras.backend.backend() != "tensorflow":
         return _array_batches(splits, split, image_size, batch_size, training=training,
                               augment=augment and training, seed=seed, cache=cache)  # fmt: skip
+    ds = None
     if cache is not None:
         ds = cache.dataset(
             splits, split, batch_size, image_size=image_size,
             shuffle=training, augment=augment and training, seed=seed,
         )  # fmt: skip
-        if ds is not None:
-            return ds
-    return make_dataset(
-        splits.paths(split), splits.labels(split), image_size, batch_size,
-        shuffle=training, augment=augment and training, seed=seed,
-    )  # fmt: skip
+    if ds is None:
+        ds = make_dataset(
+            splits.paths(split), splits.labels(split), image_size, batch_size,
+            shuffle=training, augment=augment and training, seed=seed,
+        )  # fmt: skip
+    return _within_thread_budget(ds)
+
+
+def _within_thread_budget(ds):
+    """tf.data's own thread pool kept to the process's share of CPUs (`inat.devices.thread_budget`):
+    left alone, it sizes itself to every core of the node, whatever the job was given."""
+    budget = thread_budget()
+    if budget is None:
+        return ds
+    import tensorflow as tf  # lazy: TensorFlow, as above
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = budget
+    return ds.with_options(options)
 
 
 def _array_batches(splits: Splits, split: str, image_size: int, batch_size: int, *, training, augment, seed, cache):
     import numpy as np  # lazy: numpy, as Keras below
 
-    from .loader import ArrayBatches  # lazy: Keras, only when a pipeline is built
+    from .loader import WORKERS, ArrayBatches  # lazy: Keras, only when a pipeline is built
 
     found = None
     if cache is not None:
@@ -191,7 +209,9 @@ def _array_batches(splits: Splits, split: str, image_size: int, batch_size: int,
     else:
         images, labels = decode_split(splits.paths(split), splits.labels(split), image_size)
         rows = np.arange(len(labels))
-    return ArrayBatches(images, rows, labels, batch_size, shuffle=training, augment=augment, seed=seed)
+    workers = min(WORKERS, thread_budget() or WORKERS)
+    return ArrayBatches(images, rows, labels, batch_size, shuffle=training, augment=augment, seed=seed,
+                        workers=workers)
 
 
 # The splits this process decoded (key: the files, their labels and the size), so that a run

@@ -36,18 +36,26 @@ def input_size(cfg) -> int:
     return BASES[cfg.model][1] if cfg.is_transfer else cfg.image_size
 
 
-def make_model(cfg, n_classes: int) -> keras.Model:
-    """The uncompiled model for `cfg` (compile with `compile_model`)."""
+def make_model(cfg, n_classes: int, synchronized: bool = False) -> keras.Model:
+    """The uncompiled model for `cfg` (compile with `compile_model`). Build it under the run's
+    `inat.devices.Compute.scope()`: the dtype policy in force is the model's precision.
+
+    synchronized: Part A's batch norm computes its statistics over the global batch across the
+    replicas of a distributed run (as one device would), not per replica. The ImageNet bases keep
+    Keras's own layers: their frozen batch norms use moving statistics anyway.
+    """
     if cfg.is_transfer:
         return transfer_model(cfg, n_classes)
-    return scratch_model(cfg, n_classes)
+    return scratch_model(cfg, n_classes, synchronized=synchronized)
 
 
-def compile_model(model: keras.Model, cfg) -> None:
+def compile_model(model: keras.Model, cfg, jit_compile: bool | str = "auto") -> None:
+    # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer (auto_scale_loss).
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
 
 

@@ -19,7 +19,7 @@ def l2(cfg):
 
 
 
-def scratch_model(cfg, n_classes: int) -> keras.Model:
+def scratch_model(cfg, n_classes: int, synchronized: bool = False) -> keras.Model:
     s = cfg.image_size
     inputs = keras.Input((s, s, 3), name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
@@ -41,7 +41,7 @@ def scratch_model(cfg, n_classes: int) -> keras.Model:
             # Momentum 0.9, not Keras's 0.99: the moving statistics used at evaluation must catch
             # up within an epoch or two (a few hundred steps on small data), or validation and test
             # accuracy read near chance while training accuracy climbs.
-            x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, synchronized=synchronized, name=f"bn{i}")(x)
         # A separate Activation layer (not `Conv2D(activation=...)`): guided backprop finds the
         # activations by name (act1..act5) and replaces their gradient.
         x = layers.Activation(cfg.activation, name=f"act{i}")(x)

@@ -174,8 +174,9 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
     return result
 
 
-def train_trial(tr: TrialRun) -> Outcome:
-    """The real trial: train() into the trial's run directory, reporting each epoch to the pruner."""
+def train_trial(tr: TrialRun, replicas: int = 1) -> Outcome:
+    """The real trial: train() into the trial's run directory, reporting each epoch to the pruner.
+    replicas > 1: over that many GPUs (an agent given several: `functools.partial(train_trial, ...)`)."""
     import keras  # lazy: Keras, for the real trial only (tests pass their own trial_fn)
 
     from ..train import train  # lazy: as above
@@ -196,7 +197,7 @@ def train_trial(tr: TrialRun) -> Outcome:
         # All agents share SCRATCH/cache: the first one to need a size decodes the images once.
         result = train(tr.config, tr.run_dir, tr.sweep.data_root, callbacks=[Pruning()],
                        wandb_group=tr.sweep.id, wandb_job_type="sweep", verbose=0,
-                       cache_root=layout.cache_dir(tr.sweep.scratch_root))
+                       cache_root=layout.cache_dir(tr.sweep.scratch_root), replicas=replicas)
     finally:
         run = getattr(sys.modules.get("wandb"), "run", None)
         if run is not None:  # train() failed before it took the run over

@@ -62,6 +62,7 @@ def retrain_best(
         typer.echo(f"warning: sweep {sw.id} has only {len(best)} finished trial(s); retraining those",
                    err=True)
     runs_root = layout.runs_dir(sw.scratch_root)
+    replicas = prof.for_stage("train").gpus_per_trial if where == "slurm" else 1
     calls, runs = [], []
     for rank, seed in retrain_plan(len(best), seeds):
         picked = best[rank - 1]
@@ -69,7 +70,7 @@ def retrain_best(
         run_dir = runs_root / layout.retrain_run_id(sw.id, rank, seed)
         _check_resumable(run_dir, cfg)
         write_origin(run_dir, sw.id, picked, rank, seed)
-        calls.append((TrainTask(), (cfg, run_dir, Path(sw.data_root))))
+        calls.append((TrainTask(), (cfg, run_dir, Path(sw.data_root), 0.0, replicas)))
         runs.append(run_dir)
         typer.echo(f"rank {rank} (trial {picked.trial}, {picked.metric} {picked.value:.4f}) seed {seed} -> {run_dir}")
     if where == "local":

@@ -14,7 +14,8 @@ from inat.sweep.liveness import MIN_STALE_AFTER_S, STALE_AFTER_S
 from ..slurm.profile import PROFILE_ENV
 
 __all__ = [
-    "AgentsOpt", "BackendOpt", "ClusterOpt", "ClusterSetOpt", "ConfigOpt", "DataOpt", "EpochsOpt", "ImageOpt",
+    "AgentsOpt", "BackendOpt", "ClusterOpt", "ClusterSetOpt", "ConfigOpt", "DataOpt", "EpochsOpt", "GpusPerTrialOpt",
+    "ImageOpt",
     "JsonOpt", "OutOpt", "ProfileOpt", "RunsClusterOpt", "SeedOpt", "SeedsOpt", "SetOpt", "StaleOpt",
     "StorageOpt", "SweepOpt", "TopKOpt", "TrialsPerAgentOpt", "WaitOpt",
 ]
@@ -35,7 +36,13 @@ OutOpt = typer.Option(
 SweepOpt = typer.Option(
     ..., "--sweep", help="Sweep file in W&B's format, e.g. configs/sweeps/sweep_partA.yaml."
 )
-AgentsOpt = typer.Option(..., "--agents", "-n", help="Number of agents (parallel trial runners) to start.")
+AgentsOpt = typer.Option(..., "--agents", "-n", help=(
+    "Number of agents (parallel trial runners) to start, in all. On Slurm each array task runs one, or, "
+    "with a profile's gpus G, G x agents_per_gpu (or G / gpus_per_trial) of them: the array then has "
+    "fewer tasks than agents."))
+GpusPerTrialOpt = typer.Option(
+    1, "--gpus-per-trial", min=1, help="Train over this many of the GPUs this process sees at once "
+    "(tf.distribute; batch_size stays the global batch), e.g. --gpus-per-trial 4 on a 4-GPU node.")
 TrialsPerAgentOpt = typer.Option(
     None, "--trials-per-agent", "-m", help="Trials each agent runs (default: until run_cap / the grid ends the sweep)."
 )

@@ -15,7 +15,9 @@ from inat.models import flops, weights
 
 from ..app import app
 from ..slurm.submit import maybe_submit
-from .options import ClusterSetOpt, ConfigOpt, DataOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt, SetOpt
+from .options import (
+    ClusterSetOpt, ConfigOpt, DataOpt, GpusPerTrialOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt, SetOpt,
+)  # fmt: skip
 
 
 @app.command()
@@ -30,6 +32,7 @@ def train(
     cache: bool = typer.Option(
         True, "--cache/--no-cache", help="Read decoded images from SCRATCH/cache/, built first if needed (see cache-data)."
     ),
+    gpus_per_trial: int = GpusPerTrialOpt,
 ) -> None:
     """Train one model; writes SCRATCH/runs/RUN_ID/ (config, splits, history.csv, model.keras, checkpoint)."""
     cfg = RunConfig.load(config, set_ or [])
@@ -41,7 +44,8 @@ def train(
     typer.echo(f"run directory: {run_dir}")
     from inat.train import train as train_run  # lazy: Keras and TensorFlow
 
-    result = train_run(cfg, run_dir, data, cache_root=layout.cache_dir(scratch) if cache else None)
+    result = train_run(cfg, run_dir, data, cache_root=layout.cache_dir(scratch) if cache else None,
+                       replicas=gpus_per_trial)
     typer.echo(
         f"{result.status}: {result.epochs_done}/{cfg.epochs} epochs, best val_accuracy "
         f"{result.best_val_accuracy:.4f} at epoch {result.best_epoch}; model: {run_dir / 'model.keras'}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -17,7 +18,7 @@ from inat.config import RunConfig
 from inat.errors import ConfigError, InatError
 from inat.sweep import best_configs, load_sweep, wandb_backend
 from inat.sweep.liveness import HEARTBEAT_S, MIN_STALE_AFTER_S
-from inat.sweep.local import run_agent
+from inat.sweep.local import run_agent, train_trial
 from inat.sweep.status import run_dir_rows, trial_rows
 
 from .. import agents as local_agents
@@ -26,7 +27,7 @@ from ..launch import check_bounded, create_sweep
 from ..slurm.profile import load_profile, resolve_cluster
 from ..slurm.submit import submit_agents
 from .options import (
-    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, ImageOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt,
+    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, GpusPerTrialOpt, ImageOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt,
     StaleOpt, StorageOpt, SweepOpt, TrialsPerAgentOpt,
 )  # fmt: skip
 
@@ -67,7 +68,7 @@ def launch_sweep(
         except BaseException:
             shutil.rmtree(sw.dir, ignore_errors=True)  # a sweep nobody works on would only confuse
             raise
-        say(f"submitted {agents} agent(s): job id(s) {', '.join(job_ids)}")
+        say(f"submitted {agents} agent(s) in {len(job_ids)} array task(s): job id(s) {', '.join(job_ids)}")
         started = []
     else:
         started = local_agents.start_local(sw, agents, trials_per_agent)
@@ -94,6 +95,7 @@ def agent(
         "(default: agent-$SLURM_ARRAY_TASK_ID under Slurm)."
     ),
     stale_after: float = StaleOpt,
+    gpus_per_trial: int = GpusPerTrialOpt,
 ) -> None:
     """Run one sweep agent: take a config, train it, report, repeat. At start it marks running trials
     whose heartbeat is older than --stale-after as failed (their agents are gone)."""
@@ -106,7 +108,8 @@ def agent(
         wandb_backend.run_agent(sw, count)
         return
     check_bounded(sw.spec(), count, "--count")
-    result = run_agent(sw, agent_id, count, stale_after)
+    trial_fn = functools.partial(train_trial, replicas=gpus_per_trial) if gpus_per_trial > 1 else None
+    result = run_agent(sw, agent_id, count, stale_after, trial_fn=trial_fn)
     typer.echo(f"{agent_id}: ran trials {', '.join(map(str, result['trials'])) or 'none'} ({result['stop_reason']})")
 
 

@@ -17,6 +17,8 @@ A cluster profile is a small YAML file (see configs/clusters/example.yaml):
     max_timeouts: 3         # requeues a training job gets after time-outs/preemptions
     signal_delay_s: 90      # seconds of warning (USR2) before the time limit, to save and requeue
     array_parallelism: 64   # array tasks running at once
+    gpus_per_trial: 1       # GPUs one training run (or sweep trial) trains over (tf.distribute)
+    agents_per_gpu: 1       # sweep agents sharing each GPU of an agent job
     stages:                 # per-stage overrides of the keys above
       test: {gpus: 0, time: 30}
 
@@ -41,6 +43,8 @@ from inat import backends, layout
 from inat.config import load_yaml_mapping, parse_overrides
 from inat.errors import ConfigError
 from inat.validation import invalid, one_line, says
+
+from ..gpus import agents_per_job
 
 STAGES = ("agent", "train", "test", "visualize")
 CLUSTERS = ("auto", "slurm", "local")
@@ -72,6 +76,8 @@ class _Keys(BaseModel):
     max_timeouts: int = Field(3, ge=0)
     signal_delay_s: int = Field(90, ge=0, description="seconds")
     array_parallelism: int = Field(64, ge=1)
+    gpus_per_trial: int = Field(1, ge=1)
+    agents_per_gpu: int = Field(1, ge=1)
 
     @field_validator("partition", "account", "qos", "constraint", "python", mode="before")
     @classmethod
@@ -185,7 +191,10 @@ def load_profile(path: str | os.PathLike | None = None, overrides: Iterable[str]
         profile = parse_profile(pairs, "--cluster-set", profile)
     if image is not None:
         profile = profile.model_copy(update={"image": parse_profile({"image": str(image)}, "--image").image})
+    for stage in STAGES:
+        agents_per_job(profile.for_stage(stage), stage)
     return profile
+
 
 
 # ---- Slurm or local ---------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from inat.errors import InatError
 from inat.fsutil import read_json, write_json
 from inat.rundir import RunDir
 
+from ..gpus import JobAgents
 from .profile import ClusterProfile, load_profile, make_executor, resolve_cluster
 
 log = logging.getLogger("inat")
@@ -97,6 +98,7 @@ def run_calls(stage: str, calls: Sequence[Call], say: Callable[[str], None] = pr
 
 def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, **options) -> list[str]:
     """Submit `n_agents` sweep agents as one Slurm array job; return the task ids (<array>_<i>).
+    A task runs one agent, or several on a GPU job (`jobs.gpus`): the array may have fewer tasks.
 
     options: profile (ClusterProfile; default: $INAT_CLUSTER_PROFILE or Slurm's defaults),
     dependency (an sbatch --dependency string).
@@ -106,7 +108,8 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
     sweep_dir = Path(sweep_dir)
     profile = options.get("profile") or load_profile()
     folder = layout.jobs_dir(layout.root_of(sweep_dir)) / sweep_dir.name / "agent"
-    calls = [(AgentTask(), (sweep_dir, i, trials_per_agent)) for i in range(n_agents)]
+    plan = JobAgents.for_profile(n_agents, profile.for_stage("agent"))  # n_agents in all, per_job a task
+    calls = [(AgentTask(), (sweep_dir, i, trials_per_agent, plan)) for i in range(plan.tasks)]
     sub = submit_calls("agent", calls, profile, folder, options.get("dependency"))
     add_records(sweep_dir / "jobs.json", [sub])
     return sub.task_ids
