@@ -5,8 +5,9 @@
 #                       [--deps-only] [--skip-test]
 #
 #   --cpu         (default) CPU TensorFlow from pip, on --base debootstrap
-#   --gpu         the GPU image: --base docker
-#   --base NAME   the dependencies image's definition, containers/deps-NAME.def (or a file):
+#   --gpu         the GPU image: TensorFlow's CUDA build, whose CUDA libraries come as wheels
+#   --base NAME   the dependencies image's definition, containers/deps-NAME.def (or a file;
+#                 default debootstrap, for --cpu and --gpu alike):
 #                   debootstrap  Debian bookworm from the host's Debian mirror, TensorFlow from
 #                                pip (--cpu: tensorflow-cpu; --gpu: the CUDA wheels). No Docker Hub.
 #                   docker       the tensorflow/tensorflow GPU image, from Docker Hub
@@ -72,7 +73,7 @@ while (($#)); do
     shift
 done
 if [[ -z $base ]]; then
-    [[ $extra == gpu ]] && base=docker || base=debootstrap
+    base=debootstrap  # no Docker Hub needed: the GPU image's CUDA comes from pip (`.[gpu]`)
 fi
 if [[ $base == */* || $base == *.def ]]; then deps_def=$base; else deps_def=$here/deps-$base.def; fi
 [[ -f $deps_def ]] || die "no definition $deps_def (--base: debootstrap, docker or a .def file)"
