@@ -119,9 +119,9 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     with Heartbeat(run_dir / "heartbeat", heartbeat_s):
-        # What a user looks for in the dashboard (inat.sweep.dashboard), beside the trial's values.
-        for key, value in (("agent", agent_id), ("run_path", str(run_dir)), ("state", "running"),
-                           ("wandb_run", wandb_run_name(sweep, name))):
+        # What a user looks for in the dashboard (inat.sweep.dashboard), beside the trial's values;
+        # `state` and the last `epochs` are set as it ends. Each is one locked write to the storage.
+        for key, value in (("agent", agent_id), ("run_path", str(run_dir)), ("wandb_run", wandb_run_name(sweep, name))):
             set_attr(trial, key, value)
         params = decode(spec, trial.params)
         pruning = not isinstance(study.pruner, NopPruner)
@@ -140,6 +140,9 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                 flags["lost"] = True
                 return True
 
+        def unreported(epochs: int) -> int | None:  # the epochs attribute, unless report() already set it
+            return None if reported and epochs == max(reported) else epochs
+
         try:
             cfg = sweep.trial_config(spec, params, name)
             if resumed:  # the new trial re-reports the epochs the run finished before the kill
@@ -147,7 +150,8 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                     if row_epoch not in reported:
                         trial.report(value, row_epoch)
                         reported.add(row_epoch)
-                        set_attr(trial, "epochs", row_epoch)
+                if reported:
+                    set_attr(trial, "epochs", max(reported))
             log.info("%s: trial %s %s: %s", agent_id, name,
                      f"resumed as trial {trial_name(trial.number)}" if resumed else "started", params)
             outcome = trial_fn(TrialRun(sweep, spec, trial.number, name, run_dir, cfg, report))
@@ -163,14 +167,14 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                 mark_run(run_dir, "failed", error="declared dead by another agent (heartbeat too old)")
                 result = "failed"
             elif outcome.pruned:
-                _end(study, trial, "pruned", outcome.epochs, state=TrialState.PRUNED)
+                _end(study, trial, "pruned", unreported(outcome.epochs), state=TrialState.PRUNED)
                 mark_run(run_dir, "pruned", pruned_at_epoch=outcome.epochs)
                 result = "pruned"
             elif outcome.value is None:
-                _end(study, trial, "failed", outcome.epochs, state=TrialState.FAIL)
+                _end(study, trial, "failed", unreported(outcome.epochs), state=TrialState.FAIL)
                 result = "failed"
             else:
-                _end(study, trial, "finished", outcome.epochs, outcome.value)
+                _end(study, trial, "finished", unreported(outcome.epochs), outcome.value)
                 result = "finished"
             log.info("%s: trial %s %s after %d epoch(s), best %s %s", agent_id, name, result,
                      outcome.epochs, spec.metric, outcome.value)
