@@ -10,6 +10,7 @@
   liveness       heartbeats, dead trials, requeued agents (local backend)
   status         the rows `sweep-status` shows, from the study or the trial directories
   wandb_backend  the W&B backend: W&B's server picks, we train
+  dashboard      optuna-dashboard over the local backend's study, read-only, for a browser
 
 Exports the light names of `spec` and `store`; the backends import Optuna or W&B when they run.
 """

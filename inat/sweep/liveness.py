@@ -116,6 +116,7 @@ def recover_stale(study, storage, sweep: Sweep, stale_after: float = STALE_AFTER
     for t, age in stale_trials(study, sweep, stale_after, keep):
         reason = f"no heartbeat for {age:.0f} s (agent {t.user_attrs.get('agent', '?')} killed?)"
         set_frozen_attr(storage, study, t.number, "error", reason)
+        set_frozen_attr(storage, study, t.number, "state", "failed")  # the agent's own, shown in the dashboard
         tell(study, t.number, state=TrialState.FAIL)
         mark_run(sweep.trials_dir / run_dir_of(t), "failed", error=reason)
         log.warning("trial %s marked failed: %s", trial_name(t.number), reason)
@@ -154,6 +155,7 @@ def requeue(study, storage, frozen, agent_id: str) -> None:
                                                              "resumes": frozen.number})
     set_frozen_attr(storage, study, frozen.number, "error",
                     f"superseded: agent {agent_id} was requeued and resumes this run in a new trial")
+    set_frozen_attr(storage, study, frozen.number, "state", "superseded")
     tell(study, frozen.number, state=TrialState.FAIL)
 
 

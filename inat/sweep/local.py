@@ -119,7 +119,10 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     with Heartbeat(run_dir / "heartbeat", heartbeat_s):
-        set_attr(trial, "agent", agent_id)
+        # What a user looks for in the dashboard (inat.sweep.dashboard), beside the trial's values;
+        # `state` and the last `epochs` are set as it ends. Each is one locked write to the storage.
+        for key, value in (("agent", agent_id), ("run_path", str(run_dir)), ("wandb_run", wandb_run_name(sweep, name))):
+            set_attr(trial, key, value)
         params = decode(spec, trial.params)
         pruning = not isinstance(study.pruner, NopPruner)
         flags = {"lost": False}
@@ -130,11 +133,15 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                 if step not in reported:  # a resumed trial may replay epochs the study already has
                     trial.report(value, step)
                     reported.add(step)
+                    trial.set_user_attr("epochs", step)
                 return pruning and trial.should_prune()
             except Exception as exc:  # finished meanwhile: another agent declared it dead
                 log.warning("trial %s: cannot report (%s); stopping it", name, exc)
                 flags["lost"] = True
                 return True
+
+        def unreported(epochs: int) -> int | None:  # the epochs attribute, unless report() already set it
+            return None if reported and epochs == max(reported) else epochs
 
         try:
             cfg = sweep.trial_config(spec, params, name)
@@ -143,6 +150,8 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                     if row_epoch not in reported:
                         trial.report(value, row_epoch)
                         reported.add(row_epoch)
+                if reported:
+                    set_attr(trial, "epochs", max(reported))
             log.info("%s: trial %s %s: %s", agent_id, name,
                      f"resumed as trial {trial_name(trial.number)}" if resumed else "started", params)
             outcome = trial_fn(TrialRun(sweep, spec, trial.number, name, run_dir, cfg, report))
@@ -150,7 +159,7 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
             message = (str(exc).splitlines() or [type(exc).__name__])[0]
             log.error("%s: trial %s failed: %s", agent_id, name, message, exc_info=not isinstance(exc, InatError))
             set_attr(trial, "error", message)
-            tell(study, trial.number, state=TrialState.FAIL)
+            _end(study, trial, "failed", state=TrialState.FAIL)
             mark_run(run_dir, "failed", error=message)
             result = "failed"
         else:
@@ -158,14 +167,14 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                 mark_run(run_dir, "failed", error="declared dead by another agent (heartbeat too old)")
                 result = "failed"
             elif outcome.pruned:
-                tell(study, trial.number, state=TrialState.PRUNED)
+                _end(study, trial, "pruned", unreported(outcome.epochs), state=TrialState.PRUNED)
                 mark_run(run_dir, "pruned", pruned_at_epoch=outcome.epochs)
                 result = "pruned"
             elif outcome.value is None:
-                tell(study, trial.number, state=TrialState.FAIL)
+                _end(study, trial, "failed", unreported(outcome.epochs), state=TrialState.FAIL)
                 result = "failed"
             else:
-                tell(study, trial.number, outcome.value)
+                _end(study, trial, "finished", unreported(outcome.epochs), outcome.value)
                 result = "finished"
             log.info("%s: trial %s %s after %d epoch(s), best %s %s", agent_id, name, result,
                      outcome.epochs, spec.metric, outcome.value)
@@ -190,7 +199,7 @@ def train_trial(tr: TrialRun, replicas: int = 1) -> Outcome:
     tr.run_dir.mkdir(parents=True, exist_ok=True)
     # Name the W&B run per sweep (train() would name it after the directory, "0003", which repeats
     # in every sweep); train() then logs into this run. Offline unless WANDB_MODE says otherwise.
-    run_id = f"{tr.sweep.id}-{tr.name}"
+    run_id = wandb_run_name(tr.sweep, tr.name)
     tracking.start(tr.run_dir, tr.config.to_dict(), name=run_id, run_id=run_id, group=tr.sweep.id,
                    job_type="sweep")
     try:
@@ -208,6 +217,19 @@ def train_trial(tr: TrialRun, replicas: int = 1) -> Outcome:
 
 
 # ---- helpers -------------------------------------------------------------------------------------------
+
+
+def wandb_run_name(sweep: Sweep, name: str) -> str:
+    """The W&B run (name and id) of the trial that trains into trials/<name>/."""
+    return f"{sweep.id}-{name}"
+
+
+def _end(study, trial, state_name: str, epochs: int | None = None, value: float | None = None, state=None) -> None:
+    """Tell the study how `trial` ended, after its user attributes say so (a finished trial takes none)."""
+    set_attr(trial, "state", state_name)
+    if epochs is not None:
+        set_attr(trial, "epochs", epochs)
+    tell(study, trial.number, value, state=state)
 
 
 def _sweep_done(study, spec: SweepSpec) -> str | None:

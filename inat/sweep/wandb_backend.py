@@ -35,9 +35,7 @@ def preflight(timeout: float = PROBE_TIMEOUT_S) -> str:
     if mode in ("offline", "disabled", "dryrun"):
         raise InatError(f"--backend wandb needs the W&B server, but WANDB_MODE={mode}; unset it, or {HINT}")
     os.environ.setdefault("WANDB_SILENT", "true")
-    import wandb  # lazy: W&B, only for the W&B backend
-
-    base_url = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+    base_url = server_url()
     if not _has_api_key(base_url):
         raise InatError(f"--backend wandb: no W&B API key (set WANDB_API_KEY or run `wandb login`); "
                         f"on nodes without internet {HINT}")
@@ -49,6 +47,13 @@ def preflight(timeout: float = PROBE_TIMEOUT_S) -> str:
         raise InatError(f"--backend wandb: cannot reach the W&B server {base_url} "
                         f"({exc.strerror or exc}); {HINT}") from None
     return base_url
+
+
+def server_url() -> str:
+    """The W&B server's API URL: WANDB_BASE_URL, else W&B's default."""
+    import wandb  # lazy: W&B, only for the W&B backend
+
+    return os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
 
 
 def _has_api_key(base_url: str) -> bool:
@@ -92,6 +97,19 @@ def create(sweep: Sweep, spec: SweepSpec, timeout: float = CREATE_TIMEOUT_S) -> 
     sweep.wandb_sweep = f"{entity or ''}/{project}/{box['id']}"
     sweep.save()
     return sweep.wandb_sweep
+
+
+def sweep_page(sweep: Sweep) -> str:
+    """The sweep's page on W&B, W&B's own dashboard of it, as W&B builds the URL from `server_url`.
+    Without an entity in the sweep file or in WANDB_ENTITY, W&B chose the API key's default entity,
+    which only the server knows: ENTITY stands in for it."""
+    import wandb  # lazy: W&B, as above
+
+    if not sweep.wandb_sweep:
+        raise InatError(f"sweep {sweep.id}: {sweep.dir / 'sweep.json'} names no W&B sweep (wandb_sweep)")
+    entity, project, sweep_id = sweep.wandb_sweep.split("/")
+    entity = entity or os.environ.get("WANDB_ENTITY") or "ENTITY"
+    return wandb.Settings(base_url=server_url(), entity=entity, project=project, sweep_id=sweep_id).sweep_url
 
 
 def run_agent(sweep: Sweep, count: int | None = None) -> None:

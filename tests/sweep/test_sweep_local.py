@@ -128,6 +128,7 @@ def test_stale_running_trial_is_failed_by_next_agent_and_fail_stale(tmp_path):
     assert trial_rows(sweep, sweep.spec(), stale_after=600, fail_stale=True)[0]["state"] == "failed"
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL and "no heartbeat" in trials[dead.number].user_attrs["error"]
+    assert trials[dead.number].user_attrs["state"] == "failed"
     assert trials[alive.number].state == TrialState.RUNNING
 
     os.utime(sweep.trials_dir / "0001" / "heartbeat", (old, old))
@@ -178,7 +179,10 @@ def test_requeued_agent_resumes_its_own_trial(tmp_path):
     assert seen == [(1, "0000", "0000", {1: pytest.approx(0.1), 2: pytest.approx(0.2)}), (2, "0002", "0002", {})]
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert "superseded: agent agent-7 was requeued" in trials[0].user_attrs["error"]
-    assert trials[1].user_attrs == {"run_dir": "0000", "resumes": 0, "agent": "agent-7"}
+    assert trials[0].user_attrs["state"] == "superseded"  # what the dashboard shows
+    assert trials[1].user_attrs == {"run_dir": "0000", "resumes": 0, "agent": "agent-7", "state": "finished",
+                                    "run_path": str(sweep.trials_dir / "0000"), "epochs": 6,
+                                    "wandb_run": f"{sweep.id}-0000"}
     assert trials[1].params == trials[0].params
     assert read_json(sweep.agents_dir / "agent-7.json")["trial"] is None
     assert sorted(p.name for p in sweep.trials_dir.iterdir()) == ["0000", "0002"]  # no directory for trial 1
