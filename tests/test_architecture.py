@@ -29,8 +29,8 @@ from conftest import REPO
 
 PACKAGES = ("inat", "jobs")
 # What `inat-jobs --help` must not pay for. numpy and PIL are here too: numpy alone takes longer
-# to import than everything --help loads.
-HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "wandb", "submitit", "numpy", "PIL")
+# to import than everything --help loads. wandb_osh: its hooks import W&B.
+HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "wandb", "wandb_osh", "submitit", "numpy", "PIL")
 MAX_LINES = 330
 
 
