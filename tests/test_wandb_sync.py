@@ -286,3 +286,42 @@ def test_help_has_an_example():
     assert "sync" in cli("--help").stdout
     result = cli("sync", "--help")
     assert result.returncode == 0 and "Example" in result.stdout and "inat-jobs sync --sweep" in result.stdout
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_a_slurm_agent_signals_and_a_running_syncer_uploads_its_trial(tmp_path, demo_data, fake_wandb):
+    """An agent as a Slurm job (2 epochs, offline) while `inat-jobs sync --sweep` runs beside it."""
+    import signal as signals
+
+    from conftest import CI_PROFILE, SLURM_SWEEP, SLURM_TINY, require, run_cli, start_cli
+    from jobs.slurm import jobstate
+    from jobs.slurm.profile import slurm_available
+
+    ok, why = slurm_available(timeout=10)
+    require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
+    _, _, calls = fake_wandb
+    (tmp_path / "s.yaml").write_text(SLURM_SWEEP)
+    scratch = tmp_path / "scratch"
+    env = {"INAT_CLUSTER_PROFILE": str(CI_PROFILE), "WANDB_MODE": "offline"}
+    result = run_cli("launch-sweep", "--sweep", str(tmp_path / "s.yaml"), "--agents", "1", "--trials-per-agent",
+                     "1", "--data", str(demo_data), "--out", str(scratch), *SLURM_TINY, "--cluster", "slurm",
+                     "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    syncer = start_cli("sync", "--sweep", out["sweep_id"], "--out", str(scratch), "--interval", "1")
+    try:
+        rows = jobstate.wait_for([{"stage": "agent", "task_ids": out["job_ids"], "cluster": "slurm"}],
+                                 poll_s=3, timeout_s=300, say=lambda *_: None)
+        assert [r["State"] for r in rows] == ["COMPLETED"], rows
+        target = offline_dir(scratch / "sweeps" / out["sweep_id"] / "trials" / "0000")
+        deadline = time.monotonic() + 30
+        while layout.sync_dir(scratch).is_dir() and list(layout.sync_dir(scratch).glob("*.command")):
+            assert time.monotonic() < deadline, "the syncer left the last signal"
+            time.sleep(0.5)
+    finally:
+        syncer.send_signal(signals.SIGINT)
+        stdout, stderr = syncer.communicate(timeout=30)
+    assert syncer.returncode == 130, stderr
+    assert {tuple(c["argv"]) for c in calls()} == {("sync", "--include-synced", str(target))}
+    assert f"W&B: synced {target}" in stderr
