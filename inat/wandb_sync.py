@@ -159,9 +159,12 @@ class Syncer:
             log.warning("W&B: sync of %s failed (%s); retrying in %.0f s", target, error, delay)
         return done
 
+    def command(self, target: Path) -> list[str]:
+        return [*self.wandb, "sync", "--include-synced", str(target)]
+
     def sync(self, target: Path) -> str | None:
         """`wandb sync` one offline run directory; None if it went through, else why not."""
-        command = [*self.wandb, "sync", "--include-synced", str(target)]
+        command = self.command(target)
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=self.timeout,
                                   stdin=subprocess.DEVNULL)

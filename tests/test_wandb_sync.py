@@ -325,3 +325,29 @@ def test_a_slurm_agent_signals_and_a_running_syncer_uploads_its_trial(tmp_path, 
     assert syncer.returncode == 130, stderr
     assert {tuple(c["argv"]) for c in calls()} == {("sync", "--include-synced", str(target))}
     assert f"W&B: synced {target}" in stderr
+
+
+def test_the_real_wandb_sync_finds_the_run_we_name_even_once_synced(tmp_path, monkeypatch):
+    """W&B's own CLI (--dry-run: no server) on what the syncer runs: it finds the offline run, and
+    only --include-synced keeps it from skipping a run that an earlier sync marked as synced."""
+    import subprocess
+
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(mode="offline", dir=str(tmp_path), project="inat-jobs")
+    run.log({"epoch": 1})
+    run.finish()
+    target = offline_dir(tmp_path)
+    (target / f"run-{run.id}.wandb.synced").write_text("")
+    command = wandb_sync.Syncer(tmp_path / "commands").command(target)
+    assert Path(command[0]).name == "wandb" and command[1:] == ["sync", "--include-synced", str(target)]
+
+    def dry_run(argv):
+        proc = subprocess.run([*argv, "--dry-run"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout + proc.stderr
+
+    found = dry_run(command)
+    assert "Would sync 1 run(s)" in found and f"run-{run.id}.wandb" in found
+    assert "Skipped 1 synced run(s)" in dry_run([c for c in command if c != "--include-synced"])
