@@ -2,7 +2,7 @@
 # Install inat-jobs into a container image, in two stages that share this one script:
 #
 #   install-inat.sh deps SRC     the Python environment: a venv with every dependency of SRC's
-#                                pyproject.toml (with the TensorFlow extra) and its build
+#                                pyproject.toml (with the TensorFlow extra, and `sync`) and its build
 #                                requirements, but not the project. SRC needs only pyproject.toml.
 #                                %post of containers/deps-*.def (the dependencies image).
 #   install-inat.sh project SRC  the project itself into that venv, from SRC (the whole
@@ -102,6 +102,8 @@ if extra:
     if extra not in extras:
         sys.exit(f"install-inat: pyproject.toml has no extra [{extra}] (extras: {', '.join(extras)})")
     reqs += extras[extra]
+# Jobs in the image signal wandb-osh after each epoch (inat/wandb_sync.py): the sync extra too.
+reqs += meta["project"].get("optional-dependencies", {}).get("sync", [])
 reqs += meta.get("build-system", {}).get("requires", [])
 print("\n".join(reqs))
 EOF

@@ -7,6 +7,7 @@
       pipelines/<pipeline_id>/   what `inat-jobs pipeline` submitted
       cache/                     decoded-image caches shared by all runs
       jobs/                      submitit folders: sbatch scripts and job logs
+      wandb-osh/                 wandb-osh's command files: offline W&B runs waiting for `inat-jobs sync`
 
 Every id that names a directory here passes `check_id`, whoever chose it (a user's --run-id, a
 sweep id on the command line, `new_id`), so no id can point outside its folder.
@@ -74,6 +75,23 @@ def jobs_dir(root: Path) -> Path:
 
 def pipelines_dir(root: Path) -> Path:
     return root / "pipelines"
+
+
+def sync_dir(root: Path) -> Path:
+    """wandb-osh's command directory: training writes a file here per offline W&B run with new data,
+    and `inat-jobs sync` (on a node that reaches W&B) uploads those runs."""
+    return root / "wandb-osh"
+
+
+def root_of_run(run_dir: str | os.PathLike) -> Path | None:
+    """The scratch root of a run directory laid out here, SCRATCH/runs/<id> or
+    SCRATCH/sweeps/<id>/trials/<t>; None for a run directory anywhere else."""
+    run_dir = Path(run_dir)
+    if run_dir.parent.name == "runs":
+        return run_dir.parent.parent
+    if run_dir.parent.name == "trials" and run_dir.parent.parent.parent.name == "sweeps":
+        return run_dir.parents[3]
+    return None
 
 
 def retrain_run_id(sweep_id: str, rank: int, seed: int) -> str:

@@ -2,7 +2,9 @@
 
 Compute nodes usually have no internet, so a run logs offline unless the user asked for online
 logging with WANDB_MODE=online; WANDB_MODE=disabled turns W&B off. Offline runs land in
-RUN/wandb/offline-run-* and are uploaded later with `wandb sync RUN/wandb/offline-run-*`.
+RUN/wandb/offline-run-* and are uploaded later with `wandb sync RUN/wandb/offline-run-*`, or while
+the run trains: with wandb-osh installed (the `sync` extra), an offline run in the scratch layout
+signals after each epoch and at its end, and `inat-jobs sync` uploads it (`inat.wandb_sync`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from . import wandb_sync
 
 log = logging.getLogger("inat")
 PROJECT = "inat-jobs"
@@ -27,8 +31,9 @@ def wandb_mode() -> str:
 class Tracker:
     """A thin wrapper so the training loop never has to care whether W&B is on."""
 
-    def __init__(self, run: Any | None):
+    def __init__(self, run: Any | None, run_dir: Path | None = None):
         self.run = run
+        self.sync = _sync_signal(run, run_dir)
 
     @property
     def id(self) -> str | None:
@@ -47,6 +52,33 @@ class Tracker:
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None
+            if self.sync is not None:  # the finished run (summary, exit status) is now complete on disk
+                self.sync()
+
+    def sync_callbacks(self) -> list:
+        """A Keras callback that signals the syncer after each epoch, when this run is offline and
+        wandb-osh is installed; else none."""
+        if self.sync is None:
+            return []
+        import keras  # lazy: Keras, in the training process only
+
+        signal = self.sync
+
+        class SignalSync(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                signal()
+
+        return [SignalSync()]
+
+
+def _sync_signal(run: Any | None, run_dir: Path | None) -> wandb_sync.Signal | None:
+    if run is None or run_dir is None or not getattr(run, "offline", False) or not wandb_sync.available():
+        return None
+    command_dir = wandb_sync.command_dir_for(run_dir)
+    if command_dir is None:  # a run directory outside the scratch layout: nobody would look there
+        return None
+    # run.dir is the run's files/ folder; `wandb sync` wants the offline-run-* folder above it.
+    return wandb_sync.Signal(Path(run.dir).parent.resolve(), command_dir)
 
 
 def start(
@@ -64,7 +96,7 @@ def start(
         active.config.update(config, allow_val_change=True)
         active.define_metric("epoch")
         active.define_metric("*", step_metric="epoch")
-        return Tracker(active)
+        return Tracker(active, run_dir)
     mode = wandb_mode()
     if mode == "disabled":
         return Tracker(None)
@@ -92,4 +124,4 @@ def start(
     # Without this W&B plots against its own step counter; we want epochs on the x-axis.
     run.define_metric("epoch")
     run.define_metric("*", step_metric="epoch")
-    return Tracker(run)
+    return Tracker(run, run_dir)

@@ -169,6 +169,7 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     progress = [EpochProgbar(cfg.epochs)] if verbose else []
+    signals = tracker.sync_callbacks()  # after the epoch's commit and W&B log: wandb-osh's syncer may upload it
     try:
         with warnings.catch_warnings():
             # The datasets have no known length (ignore_errors may drop images), so Keras finds the
@@ -187,7 +188,7 @@ def _train_locked(cfg, run_dir, data_root, callbacks, wandb_group, wandb_job_typ
                     validation_data=val_ds,
                     initial_epoch=epoch,
                     epochs=epoch + 1,
-                    callbacks=[recorder, *callbacks, *progress],
+                    callbacks=[recorder, *callbacks, *progress, *signals],
                     verbose=verbose,
                     shuffle=False,  # train_ds shuffles itself; Keras warns when asked to shuffle a Dataset
                 )

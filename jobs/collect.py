@@ -10,10 +10,11 @@
       logs/<stage>/               submitit logs (*_log.out/err) of the jobs that FAILED, timed out or were
                                   cancelled; a failed local agent's agent-N.log
 
-Left behind: checkpoint/ (resume state), wandb/ (offline W&B runs: `wandb sync` them on scratch), lock
-and heartbeat files. Every file is written atomically and an identical file is not rewritten, so a
-second collect of the same results gives the same tree. DEST ending in .tar.gz: the same tree in a
-reproducible archive (sorted, zeroed owners and times), built in a temporary file and then renamed.
+Left behind: checkpoint/ (resume state), wandb/ (offline W&B runs: `inat-jobs sync` or `wandb sync` them
+on scratch), sync markers (W&B's *.synced, wandb-osh's *.command), lock and heartbeat files. Every file
+is written atomically and an identical file is not rewritten, so a second collect of the same results
+gives the same tree. DEST ending in .tar.gz: the same tree in a reproducible archive (sorted, zeroed
+owners and times), built in a temporary file and then renamed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from .slurm import jobstate
 log = logging.getLogger("inat")
 SKIP_DIRS = {"checkpoint", "wandb", "__pycache__"}
 SKIP_FILES = {".lock", "heartbeat", ".clock"}
+# Sync markers: W&B's run-*.wandb.synced, wandb-osh's *.command (SCRATCH/wandb-osh/, and wherever a
+# user pointed wandb-osh). They say what was uploaded from scratch, which a copy is not.
+SKIP_SUFFIXES = (".tmp", ".synced", ".command")
 TRIAL_FILES = ("config.yaml", "run.json", "history.csv", "retrain.json")
 
 
@@ -187,7 +191,7 @@ def copy_tree(src: Path, dst: Path) -> None:
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
         rel = Path(dirpath).relative_to(src)
         for name in sorted(filenames):
-            if name in SKIP_FILES or name.startswith(".") or name.endswith(".tmp"):
+            if name in SKIP_FILES or name.startswith(".") or name.endswith(SKIP_SUFFIXES):
                 continue
             copy_file(Path(dirpath) / name, dst / rel / name)
 

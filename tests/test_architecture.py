@@ -29,9 +29,10 @@ from conftest import REPO
 
 PACKAGES = ("inat", "jobs")
 # What `inat-jobs --help` must not pay for. numpy and PIL are here too: numpy alone takes longer
-# to import than everything --help loads. optuna_dashboard loads Optuna, and is an extra.
-HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "optuna_dashboard", "wandb", "submitit", "numpy",
-         "PIL")
+# to import than everything --help loads. optuna_dashboard loads Optuna, and is an extra; wandb_osh:
+# its hooks import W&B.
+HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "optuna_dashboard", "wandb", "wandb_osh", "submitit",
+         "numpy", "PIL")
 MAX_LINES = 330
 
 

@@ -40,3 +40,12 @@ def test_the_sweep_lookup_checks_the_id_before_it_looks(tmp_path):
     for bad in ("..", "../s1", "s1/../s1"):
         with pytest.raises(ConfigError, match="it names a directory under SCRATCH/sweeps/"):
             find_sweep(tmp_path / "sub", bad, missing_ok=True)
+
+
+def test_the_scratch_root_of_a_run_directory(tmp_path):
+    """Where a run's wandb-osh signals go (inat.wandb_sync): only runs laid out under a scratch root."""
+    assert layout.root_of_run(tmp_path / "runs" / "r1") == tmp_path
+    assert layout.root_of_run(tmp_path / "sweeps" / "s1" / "trials" / "0003") == tmp_path
+    assert layout.sync_dir(tmp_path) == tmp_path / "wandb-osh"
+    for elsewhere in ("run", "x/trials/0003", "sweeps/s1/0003", "runs0/r1"):
+        assert layout.root_of_run(tmp_path / elsewhere) is None

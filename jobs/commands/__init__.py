@@ -7,6 +7,7 @@
   sweep      launch-sweep, agent, sweep-status
   cluster    retrain-best, pipeline, status, collect
   dashboard  dashboard
+  sync       sync (offline W&B runs, uploaded while they train)
   options    the typer options several commands take
 
 A command module imports no other command module; what two of them share lives beside them in

@@ -318,6 +318,23 @@ def test_collect_copies_results_not_checkpoints_and_is_idempotent(local_pipeline
     assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".a.tar.gz.*"))
 
 
+def test_collect_never_copies_sync_markers(local_pipeline, tmp_path):
+    """W&B's `.synced` markers and wandb-osh's command files say what was uploaded from scratch."""
+    run = local_pipeline / "runs" / "S1-best1-seed0"
+    offline = run / "wandb" / "offline-run-20261202_010000-abc"
+    offline.mkdir(parents=True)
+    (offline / "run-abc.wandb").write_bytes(b"W&B")
+    (offline / "run-abc.wandb.synced").write_text("")
+    (run / "run-abc.wandb.synced").write_text("")  # WANDB_DIR pointed at the run directory itself
+    (run / "figures" / "0f1e2d.command").write_text(str(offline))
+    (local_pipeline / "wandb-osh").mkdir()
+    (local_pipeline / "wandb-osh" / "0f1e2d.command").write_text(str(offline))
+    out = collect(resolve(local_pipeline, "S1"), tmp_path / "results")
+    files = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
+    assert "runs/S1-best1-seed0/figures/confusion_matrix.png" in files
+    assert not [f for f in files if f.endswith((".synced", ".command", ".wandb")) or "wandb" in f], files
+
+
 def test_status_and_collect_commands(local_pipeline, tmp_path):
     result = cli("status", "S1", "--out", str(local_pipeline), "--json")
     assert result.returncode == 0, result.stderr
