@@ -96,9 +96,9 @@ def test_launch_sweep_runs_agents_as_one_array_job(tmp_path, demo_data):
     assert (folder / f"{array}_submission.sh").read_text() == sbatch_text(load_profile(CI_PROFILE), "agent", folder, 2)
 
 
-def sacct_fields(job_id: str, fields: str) -> list[list[str]]:
-    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", fields], capture_output=True, text=True,
-                         timeout=30, check=True).stdout
+def sacct_fields(job_id: str, fields: str, *flags: str) -> list[list[str]]:
+    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", fields, *flags], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
     return [line.split("|") for line in out.splitlines() if line]
 
 
@@ -210,6 +210,12 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     assert starts[0] == 0 and starts == sorted(starts) and starts[-1] > 0, starts  # resumed, never reset
     states = [r[2] for r in sacct_rows(sub.job_id, duplicates=True)]
     assert states.count("REQUEUED") == len(attempts) - 1 and states[-1] == "COMPLETED"
+    # what the job cost is every attempt's allocation x elapsed, not only the last attempt's
+    each = [(int(raw), cpus_of(tres)) for raw, tres in sacct_fields(sub.job_id, "ElapsedRaw,AllocTRES", "-D")]
+    assert len(each) == len(attempts) == len(rows[0]["attempts"]) and rows[0]["elapsed_s"] == sum(e for e, _ in each)
+    assert rows[0]["cpu_hours"] > 0 and rows[0]["cpu_hours"] == pytest.approx(sum(e * c for e, c in each) / 3600,
+                                                                              abs=1e-3)
+    print(f"\nrequeued job: {len(each)} attempts of {[e for e, _ in each]} s, {rows[0]['cpu_hours']:.4f} CPU-h")
     assert read_json(run / "run.json")["status"] == "completed"
     # Resumed, not restarted: every attempt appends Keras' "Epoch k/6" lines to the same job log;
     # epoch 1 began once, and each requeued attempt began after it (where the numbers drop back,

@@ -237,8 +237,11 @@ def status(
                f"{'GPU-h':>8} ExitCode")
     for r in rows:
         note = f"  {r['Error']}" if r.get("Error") else ""
+        if len(r.get("attempts") or []) > 1:
+            note += f"  ({len(r['attempts'])} attempts: requeued)"
+        elapsed = r["Elapsed"] if r["elapsed_s"] is None else _clock(r["elapsed_s"])
         typer.echo(f"{r['stage']:<10} {r['JobID']:<14} {r['JobName']:<16} {r['State']:<14} "
-                   f"{r['Elapsed']:<10} {_num(r['cpu_hours']):>8} {_num(r['gpu_hours']):>8} {r['ExitCode']}{note}")
+                   f"{elapsed:<10} {_num(r['cpu_hours']):>8} {_num(r['gpu_hours']):>8} {r['ExitCode']}{note}")
     typer.echo(f"total: {_hours(total)}")
     for run in target.runs:
         typer.echo(f"run: {run}")
@@ -248,9 +251,13 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def _hours(total: dict) -> str:
-    elapsed = int(total["elapsed_s"])
-    return (f"{elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d} elapsed (summed over jobs), "
+    return (f"{_clock(total['elapsed_s'])} elapsed (summed over jobs), "
             f"{total['cpu_hours']:.3f} CPU-h, {total['gpu_hours']:.3f} GPU-h")
 
 

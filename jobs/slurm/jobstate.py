@@ -5,7 +5,8 @@
 cached `job.state` is not consulted. Local (in-process) stages carry their states in their record.
 
 Cost is what a job held, not what it used: AllocTRES (`cpu=N`, `gres/gpu=M`) x Elapsed, the way a
-cluster's accounting charges an allocation. For a requeued job sacct reports the current attempt.
+cluster's accounting charges an allocation. A requeued job (same id) cost every attempt: sacct -D
+lists them in order, the last is the job's state, and its cost is the sum over all of them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def sacct(job_ids: Iterable[str], timeout: float = 30) -> dict[str, dict[str, st
     if not shutil.which("sacct"):
         raise InatError("sacct not found: job states need Slurm's accounting (run this on a login node)")
     try:
-        out = subprocess.run(["sacct", "-j", ",".join(ids), "-X", "-n", "-P", "-o", ",".join(FIELDS)],
+        out = subprocess.run(["sacct", "-j", ",".join(ids), "-X", "-D", "-n", "-P", "-o", ",".join(FIELDS)],
                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise InatError(f"sacct did not answer within {timeout:.0f} s") from None
@@ -53,6 +54,10 @@ def sacct(job_ids: Iterable[str], timeout: float = 30) -> dict[str, dict[str, st
                 # a pending task has no number of its own yet
                 rows[f"{match.group(1)}_{task}"] = {**row, "JobID": f"{match.group(1)}_{task}", "JobIDRaw": ""}
         else:
+            before = rows.get(row["JobID"])
+            # an earlier attempt of a requeued job: this later row is the state, both are the cost
+            row["attempts"] = (before["attempts"] if before else []) + [
+                {"ElapsedRaw": row["ElapsedRaw"], "AllocTRES": row["AllocTRES"]}]
             rows[row["JobID"]] = row
     return rows
 
@@ -88,7 +93,13 @@ def cpus_in(tres: str) -> int:
 
 def cost(row: dict[str, str], seconds: float | None = None) -> dict[str, float | int | None]:
     """elapsed_s, cpus, gpus, cpu_hours, gpu_hours of a sacct row: its AllocTRES x `seconds` (default:
-    the job's ElapsedRaw). None where sacct says nothing (a local task, a job not yet accounted)."""
+    the job's ElapsedRaw, summed over its attempts). None where sacct says nothing (a local task, a
+    job not yet accounted). cpus and gpus are the latest attempt's."""
+    attempts = row.get("attempts") or []
+    if seconds is None and len(attempts) > 1:
+        each = [cost(a) for a in attempts]
+        total = {k: round(sum(c[k] or 0 for c in each), 4) for k in ("elapsed_s", "cpu_hours", "gpu_hours")}
+        return {**each[-1], **total}
     if seconds is None:
         raw = row.get("ElapsedRaw", "")
         seconds = float(raw) if raw.isdigit() else None

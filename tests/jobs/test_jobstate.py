@@ -40,18 +40,22 @@ def test_task_rows_carry_cost_and_allocations_find_raw_ids(monkeypatch):
         returncode, stderr = 0, ""
         stdout = ("7_0|8|inat-agent|COMPLETED|01:00:00|3600|0:0|billing=4,cpu=4,gres/gpu:a100=1,node=1\n"
                   "7_1|7|inat-agent|RUNNING|00:30:00|1800|0:0|billing=4,cpu=4,gres/gpu:a100=1,node=1\n"
-                  "9_[0-1]|9|inat-train|PENDING|00:00:00|0|0:0|\n")
+                  "9_[0-1]|9|inat-train|PENDING|00:00:00|0|0:0|\n"
+                  # sacct -D: a job requeued once, its attempts in order; both attempts cost
+                  "10|10|inat-train|REQUEUED|00:10:00|600|0:0|cpu=2,gres/gpu=1\n"
+                  "10|10|inat-train|COMPLETED|00:05:00|300|0:0|cpu=2,gres/gpu=1\n")
 
     asked = []
     monkeypatch.setattr(jobstate.shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(jobstate.subprocess, "run", lambda cmd, **k: asked.append(cmd) or Out())
     rows = jobstate.task_rows([{"stage": "agent", "task_ids": ["7_0", "7_1"]},
-                               {"stage": "train", "task_ids": ["9_0", "9_1"], "dependency": "afterany:7"}])
-    assert "AllocTRES" in asked[0][asked[0].index("-o") + 1]
-    assert [(r["JobID"], r["State"], r["cpu_hours"], r["gpu_hours"]) for r in rows] == [
-        ("7_0", "COMPLETED", 4.0, 1.0), ("7_1", "RUNNING", 2.0, 0.5), ("9_0", "PENDING", None, None),
-        ("9_1", "PENDING", None, None)]
-    assert jobstate.total_cost(rows)["gpu_hours"] == 1.5
+                               {"stage": "train", "task_ids": ["9_0", "9_1"], "dependency": "afterany:7"},
+                               {"stage": "train", "task_ids": ["10"]}])
+    assert "AllocTRES" in asked[0][asked[0].index("-o") + 1] and "-D" in asked[0]
+    assert [(r["JobID"], r["State"], r["elapsed_s"], r["cpu_hours"], r["gpu_hours"]) for r in rows] == [
+        ("7_0", "COMPLETED", 3600, 4.0, 1.0), ("7_1", "RUNNING", 1800, 2.0, 0.5), ("9_0", "PENDING", 0, None, None),
+        ("9_1", "PENDING", 0, None, None), ("10", "COMPLETED", 900, 0.5, 0.25)]
+    assert jobstate.total_cost(rows)["gpu_hours"] == 1.75
     # run.json records SLURM_JOB_ID, Slurm's own number of an array task: 8 is 7_0
     found = jobstate.allocations(["8", "7_1", "9"])
     assert found["8"]["JobID"] == "7_0" and found["7_1"]["JobIDRaw"] == "7" and "9" not in found
