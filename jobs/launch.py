@@ -15,14 +15,21 @@ import typer
 from inat import layout
 from inat.config import parse_overrides
 from inat.errors import ConfigError, InatError
-from inat.sweep import BACKENDS, load_spec, new_sweep, wandb_backend
+from inat.sweep import BACKENDS, Sweep, check_new_sweep, load_spec, new_sweep, wandb_backend
 from inat.sweep.space import optuna_space
 from inat.sweep.study import create_study
 
 
+# What a dry run calls the sweep it would create: the id is drawn when the sweep is created.
+DRY_RUN_ID = "<sweep-id>"
+
+
 def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], backend: str, data: Path,
-                 out: Optional[Path], set_: Optional[List[str]], storage: Optional[str], seed: int):
-    """Validate the launch options, then create SCRATCH/sweeps/ID/ and its study; returns (Sweep, SweepSpec)."""
+                 out: Optional[Path], set_: Optional[List[str]], storage: Optional[str], seed: int,
+                 dry_run: bool = False):
+    """Validate the launch options, then create SCRATCH/sweeps/ID/ and its study; returns (Sweep, SweepSpec).
+
+    dry_run: validate only, and return the Sweep that would be created (id DRY_RUN_ID), creating nothing."""
     if agents < 1:
         raise ConfigError(f"--agents {agents}: expected an integer >= 1")
     if trials_per_agent is not None and trials_per_agent < 1:
@@ -46,6 +53,10 @@ def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], back
         typer.echo(f"warning: {sweep}: metric {spec.metric} is measured on the training set, so the sweep "
                    f"tunes on the data it trains on; val_{spec.metric} ranks on the held-out split", err=True)
 
+    if dry_run:
+        check_new_sweep(sweep, backend, data, fixed)
+        where = layout.sweeps_dir(layout.scratch_root(out)) / DRY_RUN_ID
+        return Sweep(DRY_RUN_ID, where, backend, str(data.resolve()), fixed, storage, seed), spec
     sw, spec = new_sweep(layout.scratch_root(out), sweep, backend, data, fixed, storage, seed)
     try:
         if backend == "local":

@@ -36,7 +36,7 @@ from . import agents
 from .gpus import JobAgents
 from .slurm import jobstate
 from .slurm.profile import ClusterProfile
-from .slurm.submit import Submitted, run_calls, submit_calls
+from .slurm.submit import DryRun, Submitted, run_calls, submit_calls
 from .tasks import AgentTask, RetrainTask, evaluate_run, retrain_dirs, sweep_report, visualize_run
 
 STAGES = ("agent", "train", "test", "visualize")
@@ -74,8 +74,10 @@ def new_record(sw: Sweep, cluster: str, options: dict[str, Any]) -> dict[str, An
     }
 
 
-def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any]) -> dict[str, Any]:
-    """Submit the four stages to Slurm now, each depending on the previous; returns the record."""
+def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any],
+                    dry_run: DryRun | None = None) -> dict[str, Any]:
+    """Submit the four stages to Slurm now, each depending on the previous; returns the record.
+    With `dry_run` each stage is only shown, and nothing is written."""
     record = new_record(sw, "slurm", options)
     path = pipeline_dir(sw.scratch_root, sw.id) / "pipeline.json"
     folders = layout.jobs_dir(sw.scratch_root) / sw.id
@@ -84,10 +86,13 @@ def submit_pipeline(sw: Sweep, profile: ClusterProfile, options: dict[str, Any])
     try:
         for stage in STAGES:
             dependency = f"afterany:{previous.job_id}" if previous else None
-            previous = submit_calls(stage, calls[stage], profile, folders / stage, dependency)
+            previous = submit_calls(stage, calls[stage], profile, folders / stage, dependency, dry_run)
             record["stages"].append(previous.record())
-            write_json(path, record)
+            if dry_run is None:
+                write_json(path, record)
     except BaseException:
+        if dry_run is not None:
+            raise
         jobstate.cancel(record["stages"])  # no half pipeline: its later stages would never come
         record["status"] = "submission failed; submitted jobs cancelled"
         write_json(path, record)

@@ -65,8 +65,65 @@ def test_launch_sweep_runs_agents_as_one_array_job(tmp_path, demo_data):
     assert len(trials) == 4 and {t["agent"] for t in trials} == {"agent-0", "agent-1"}
     assert all(t["state"] == "finished" for t in trials)
     listed = cli("status", out["sweep_id"], "--out", str(scratch), "--json")
-    assert [(r["stage"], r["JobID"], r["State"]) for r in json.loads(listed.stdout)["jobs"]] == [
+    jobs = json.loads(listed.stdout)["jobs"]
+    assert [(r["stage"], r["JobID"], r["State"]) for r in jobs] == [
         ("agent", f"{array}_0", "COMPLETED"), ("agent", f"{array}_1", "COMPLETED")]
+
+    # What it cost: AllocTRES cpu x Elapsed of each task, as sacct itself reports them
+    alloc = {job: (int(raw), cpus_of(tres)) for job, raw, tres in
+             sacct_fields(array, "JobID,ElapsedRaw,AllocTRES")}
+    for r in jobs:
+        seconds, cpus = alloc[r["JobID"]]
+        assert cpus >= 1 and seconds > 0 and r["cpu_hours"] > 0, (r, alloc)
+        assert r["cpu_hours"] == pytest.approx(cpus * seconds / 3600, abs=1e-4) and r["gpu_hours"] == 0
+    total = json.loads(listed.stdout)["total"]
+    assert total["cpu_hours"] == pytest.approx(sum(r["cpu_hours"] for r in jobs), abs=1e-3)
+    table = cli("status", out["sweep_id"], "--out", str(scratch)).stdout
+    assert "CPU-h" in table and f"{total['cpu_hours']:.3f} CPU-h" in table.splitlines()[-1], table
+    # each trial: its wall time x its agent job's CPUs, which the job's own hours bound
+    for t in trials:
+        assert t["slurm_job_id"] and t["cpu_hours"] > 0 and t["gpu_hours"] == 0, t
+    for task in jobs:
+        agent = task["JobID"].split("_")[1]
+        mine = sum(t["cpu_hours"] for t in trials if t["agent"] == f"agent-{agent}")
+        assert 0 < mine <= task["cpu_hours"] + 1e-3, (mine, task)
+    print(f"\nagent jobs: {total['cpu_hours']:.4f} CPU-h; trials: {sum(t['cpu_hours'] for t in trials):.4f} CPU-h")
+
+    # the array's script is the text --dry-run prints for it
+    from jobs.slurm.profile import load_profile, sbatch_text
+
+    folder = scratch / "jobs" / out["sweep_id"] / "agent"
+    assert (folder / f"{array}_submission.sh").read_text() == sbatch_text(load_profile(CI_PROFILE), "agent", folder, 2)
+
+
+def sacct_fields(job_id: str, fields: str, *flags: str) -> list[list[str]]:
+    out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", fields, *flags], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def cpus_of(tres: str) -> int:
+    return int(dict(item.split("=", 1) for item in tres.split(","))["cpu"])
+
+
+def test_dry_run_submits_nothing_to_the_cluster(tmp_path, demo_data):
+    """pipeline --dry-run on the real cluster: no job with this run's mark in squeue, nothing on scratch."""
+    import secrets
+
+    (tmp_path / "s.yaml").write_text(SWEEP)
+    scratch, mark = tmp_path / "scratch", f"inat-dry-run-{secrets.token_hex(6)}"
+    env = {**ENV, "INAT_SCRATCH": str(tmp_path / "env-scratch")}
+    result = run_cli("pipeline", "--sweep", str(tmp_path / "s.yaml"), "--agents", "2", "--trials-per-agent", "1",
+                     "--data", str(demo_data), "--out", str(scratch), *TINY_SET, "--cluster", "slurm",
+                     "--cluster-set", f"extra={{comment: {mark}}}", "--dry-run", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    subs = json.loads(result.stdout)["submissions"]
+    assert [s["stage"] for s in subs] == ["agent", "train", "test", "visualize"]
+    assert all(f"#SBATCH --comment={mark}" in s["script"] for s in subs)  # a submitted job would carry it
+    queued = subprocess.run(["squeue", "-h", "-o", "%i|%k|%j"], capture_output=True, text=True, timeout=30,
+                            check=True).stdout
+    assert mark not in queued, queued
+    assert not scratch.exists() and not (tmp_path / "env-scratch").exists()
 
 
 def test_pipeline_chains_four_array_jobs(tmp_path, slurm_pipeline):
@@ -90,13 +147,20 @@ def test_pipeline_chains_four_array_jobs(tmp_path, slurm_pipeline):
     got = dest / out["sweep_id"]
     assert (got / "runs" / run.name / "test_metrics.json").is_file() and not list(got.rglob("checkpoint"))
 
-    # retrain-best on the same sweep, a second seed: seed 0 is already done (its task just resumes)
+    # retrain-best on the same sweep, a second seed: seed 0 is already done (its task just resumes);
+    # --dry-run first, whose script must be the one submitit then writes
+    dry = cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--seeds", "2", "--cluster",
+              "slurm", "--dry-run", env=ENV)
+    assert dry.returncode == 0, dry.stderr
+    shown = dry.stdout.split("----- end of train script")[0].split("-----\n", 1)[1]
     more = run_cli("retrain-best", "--sweep-id", out["sweep_id"], "--out", str(scratch), "--seeds", "2",
                    "--cluster", "slurm", "--wait", env=ENV)
     assert more.returncode == 0, more.stdout + more.stderr
     assert (scratch / "runs" / f"{out['sweep_id']}-best1-seed1" / "model.keras").is_file()
     jobs = json.loads(cli("status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["jobs"]
     assert [r["stage"] for r in jobs].count("train") == 3 and {r["State"] for r in jobs} == {"COMPLETED"}
+    retrain = read_json(scratch / "sweeps" / out["sweep_id"] / "jobs.json")[-1]
+    assert (Path(retrain["folder"]) / f"{retrain['job_id']}_submission.sh").read_text() == shown
 
     # what submitit wrote is what sbatch_text (and so the golden files) describe
     from jobs.slurm.profile import load_profile, sbatch_text
@@ -146,6 +210,12 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     assert starts[0] == 0 and starts == sorted(starts) and starts[-1] > 0, starts  # resumed, never reset
     states = [r[2] for r in sacct_rows(sub.job_id, duplicates=True)]
     assert states.count("REQUEUED") == len(attempts) - 1 and states[-1] == "COMPLETED"
+    # what the job cost is every attempt's allocation x elapsed, not only the last attempt's
+    each = [(int(raw), cpus_of(tres)) for raw, tres in sacct_fields(sub.job_id, "ElapsedRaw,AllocTRES", "-D")]
+    assert len(each) == len(attempts) == len(rows[0]["attempts"]) and rows[0]["elapsed_s"] == sum(e for e, _ in each)
+    assert rows[0]["cpu_hours"] > 0 and rows[0]["cpu_hours"] == pytest.approx(sum(e * c for e, c in each) / 3600,
+                                                                              abs=1e-3)
+    print(f"\nrequeued job: {len(each)} attempts of {[e for e, _ in each]} s, {rows[0]['cpu_hours']:.4f} CPU-h")
     assert read_json(run / "run.json")["status"] == "completed"
     # Resumed, not restarted: every attempt appends Keras' "Epoch k/6" lines to the same job log;
     # epoch 1 began once, and each requeued attempt began after it (where the numbers drop back,

@@ -17,11 +17,11 @@ Exports the light names of `spec` and `store`; the backends import Optuna or W&B
 
 from .spec import SweepSpec, load_spec
 from .store import (
-    BACKENDS, Ranked, Sweep, best_configs, find_sweep, load_sweep, mark_run, new_sweep, read_trial,
+    BACKENDS, Ranked, Sweep, best_configs, check_new_sweep, find_sweep, load_sweep, mark_run, new_sweep, read_trial,
     sweep_ids, trial_dirs, trial_name,
 )  # fmt: skip
 
 __all__ = [
-    "BACKENDS", "Ranked", "Sweep", "SweepSpec", "best_configs", "find_sweep", "load_spec",
+    "BACKENDS", "Ranked", "Sweep", "SweepSpec", "best_configs", "check_new_sweep", "find_sweep", "load_spec",
     "load_sweep", "mark_run", "new_sweep", "read_trial", "sweep_ids", "trial_dirs", "trial_name",
 ]

@@ -4,9 +4,11 @@ directories alone (W&B backend, whose server keeps the states)."""
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 from ..config import RunConfig
+from ..rundir import RunDir
 from .liveness import STALE_AFTER_S, recover_stale, run_dir_of, stale_trials, superseded
 from .space import decode
 from .spec import SweepSpec
@@ -58,6 +60,7 @@ def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S
             "error": t.user_attrs.get("error"),
             "stale_s": round(stale[t.number]) if t.number in stale else None,
             "resumes": t.user_attrs.get("resumes"), "superseded_by": moved_on.get(t.number),
+            **_where(sweep.trials_dir / run_name, _seconds(t.datetime_start, t.datetime_complete)),
         })
     return rows
 
@@ -79,5 +82,27 @@ def run_dir_rows(sweep: Sweep, spec: SweepSpec) -> list[dict[str, Any]]:
         rows.append({"trial": d.name, "state": info["state"], "epochs_done": info["epochs_done"],
                      "best_val_accuracy": info["best_val_accuracy"], "value": info["best_metric"],
                      "best_epoch": info["best_epoch"],
-                     "params": params, "error": None})
+                     "params": params, "error": None, **_where(d)})
     return rows
+
+
+def _where(run_dir, seconds: float | None = None) -> dict[str, Any]:
+    """The Slurm job the trial ran in (run.json's slurm_job_id, None outside Slurm) and its wall
+    seconds: `seconds` (the study's start to end), else run.json's started to its last update."""
+    info = RunDir(run_dir).info()
+    if seconds is None:
+        try:
+            start, end = (datetime.strptime(info[k], "%Y-%m-%dT%H:%M:%S%z") for k in ("started", "updated"))
+        except (KeyError, TypeError, ValueError):
+            pass
+        else:
+            seconds = _seconds(start, end)
+    return {"slurm_job_id": info.get("slurm_job_id"), "seconds": seconds}
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    """Wall seconds from start to end (a running trial: to now)."""
+    if start is None:
+        return None
+    end = end or datetime.now(start.tzinfo)
+    return round(max(0.0, (end - start).total_seconds()), 1)

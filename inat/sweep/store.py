@@ -77,14 +77,8 @@ class Sweep:
 
 def new_sweep(scratch: Path, spec_path: str | Path, backend: str, data_root: str | Path,
               fixed: dict[str, Any], storage: str | None = None, seed: int = 0) -> tuple[Sweep, SweepSpec]:
-    """Validate everything, then create SCRATCH/sweeps/<id>/ with sweep.yaml and sweep.json."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend {backend!r} is invalid; allowed: {', '.join(BACKENDS)}")
-    spec = load_spec(spec_path, fixed)
-    spec.check_overrides(fixed)
-    if not Path(data_root).is_dir():
-        raise InatError(f"--data {data_root}: directory not found")
-    check_root(data_root)  # every trial would fail on a root without train/ and val/
+    """Validate everything (`check_new_sweep`), then create SCRATCH/sweeps/<id>/ with sweep.yaml and sweep.json."""
+    spec = check_new_sweep(spec_path, backend, data_root, fixed)
     sweep_id = layout.new_id()
     root = make_dir(layout.sweeps_dir(scratch) / sweep_id)
     sweep = Sweep(sweep_id, root, backend, str(Path(data_root).resolve()), dict(fixed), storage, seed,
@@ -97,6 +91,19 @@ def new_sweep(scratch: Path, spec_path: str | Path, backend: str, data_root: str
         shutil.rmtree(root, ignore_errors=True)
         raise
     return sweep, spec
+
+
+def check_new_sweep(spec_path: str | Path, backend: str, data_root: str | Path,
+                    fixed: dict[str, Any]) -> SweepSpec:
+    """What new_sweep checks before it writes anything (a dry run stops here); returns the spec."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is invalid; allowed: {', '.join(BACKENDS)}")
+    spec = load_spec(spec_path, fixed)
+    spec.check_overrides(fixed)
+    if not Path(data_root).is_dir():
+        raise InatError(f"--data {data_root}: directory not found")
+    check_root(data_root)  # every trial would fail on a root without train/ and val/
+    return spec
 
 
 def sweep_ids(scratch_root: str | os.PathLike) -> list[str]:

@@ -22,10 +22,10 @@ from ..collect import recent, resolve
 from ..launch import create_sweep
 from ..slurm import jobstate
 from ..slurm.profile import load_profile, resolve_cluster
-from ..slurm.submit import add_records, run_calls, submit_calls
+from ..slurm.submit import DryRun, add_records, run_calls, submit_calls
 from .options import (
-    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, EpochsOpt, ImageOpt, JsonOpt, OutOpt, ProfileOpt,
-    SeedOpt, SeedsOpt, SetOpt, StorageOpt, SweepOpt, TopKOpt, TrialsPerAgentOpt, WaitOpt,
+    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, DryRunOpt, EpochsOpt, ImageOpt, JsonOpt, OutOpt,
+    ProfileOpt, SeedOpt, SeedsOpt, SetOpt, StorageOpt, SweepOpt, TopKOpt, TrialsPerAgentOpt, WaitOpt,
 )  # fmt: skip
 
 
@@ -47,8 +47,14 @@ def retrain_best(
     cluster_set: Optional[List[str]] = ClusterSetOpt,
     image: Optional[Path] = ImageOpt,
     wait: bool = WaitOpt,
+    dry_run: bool = DryRunOpt,
 ) -> None:
-    """Retrain the sweep's top-K configs x S seeds as one array job, into runs/<sweep_id>-best<k>-seed<s>/."""
+    """Retrain the sweep's top-K configs x S seeds as one array job, into runs/<sweep_id>-best<k>-seed<s>/.
+
+    \b
+    Example (--dry-run shows the sbatch script and submits nothing):
+      inat-jobs retrain-best --sweep-id 20261202-013000-ab12 --top-k 3 --seeds 2 --dry-run
+    """
     from ..tasks import TrainTask, retrain_plan, write_origin  # lazy: submitit
 
     _check_counts(top_k, seeds, epochs)
@@ -69,10 +75,18 @@ def retrain_best(
         cfg = picked.config.replace(seed=seed, **({"epochs": epochs} if epochs else {}))
         run_dir = runs_root / layout.retrain_run_id(sw.id, rank, seed)
         _check_resumable(run_dir, cfg)
-        write_origin(run_dir, sw.id, picked, rank, seed)
+        if not dry_run:
+            write_origin(run_dir, sw.id, picked, rank, seed)
         calls.append((TrainTask(), (cfg, run_dir, Path(sw.data_root), 0.0, replicas)))
         runs.append(run_dir)
         typer.echo(f"rank {rank} (trial {picked.trial}, {picked.metric} {picked.value:.4f}) seed {seed} -> {run_dir}")
+    if dry_run:
+        dry = DryRun(typer.echo)
+        if where == "local":
+            dry.local(f"--cluster local would retrain the {len(calls)} run(s) above one after another here")
+        else:
+            submit_calls("train", calls, prof, layout.jobs_dir(sw.scratch_root) / sw.id / "train", dry_run=dry)
+        return
     if where == "local":
         sub = run_calls("train", calls, typer.echo)
     else:
@@ -119,21 +133,39 @@ def pipeline(
     image: Optional[Path] = ImageOpt,
     wait: bool = WaitOpt,
     json_: bool = typer.Option(
-        False, "--json", help="Print one JSON object {sweep_id, job_ids, out, ...} only."
+        False, "--json", help="Print one JSON object {sweep_id, job_ids, out, ...} only "
+        "(with --dry-run: {dry_run, cluster, submissions})."
     ),
+    dry_run: bool = DryRunOpt,
 ) -> None:
     """Sweep -> retrain the top K x S seeds -> test -> figures. On Slurm: four chained array jobs, submitted
-    at once; with --cluster local: the same stages, one after another, on this machine."""
+    at once; with --cluster local: the same stages, one after another, on this machine.
+
+    \b
+    Example (--dry-run prints the four sbatch scripts and their dependencies; submits, writes nothing):
+      inat-jobs pipeline --sweep configs/sweeps/sweep_partA.yaml --agents 8 --trials-per-agent 6 \\
+          --data /scratch/$USER/inaturalist_12K --top-k 3 --seeds 2 --profile my-cluster.yaml --dry-run
+    """
     from .. import pipeline as pl  # lazy: submitit
 
     _check_counts(top_k, seeds, epochs)
     figures = parse_what(what)
     where = resolve_cluster(cluster)
     prof = load_profile(profile, cluster_set or [], image)
-    sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)
+    sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed, dry_run)
     options = {"agents": agents, "trials_per_agent": trials_per_agent, "top_k": top_k, "seeds": seeds,
                "epochs": epochs, "what": figures}
     say = (lambda m: print(m, file=sys.stderr)) if json_ else typer.echo
+    if dry_run:
+        dry = DryRun(say)
+        if where == "slurm":
+            pl.submit_pipeline(sw, prof, options, dry)
+        else:
+            dry.local(f"--cluster local would run the four stages here ({agents} agent process(es), then "
+                      f"{top_k * seeds} retraining(s), their tests and figures)")
+        if json_:
+            typer.echo(json.dumps({"dry_run": True, "cluster": where, "submissions": dry.shown}))
+        return
     say(f"pipeline {sw.id}: {agents} agent(s) on a {spec.method} sweep, then top {top_k} x {seeds} seed(s)")
     if where == "slurm":
         try:
@@ -166,7 +198,16 @@ def status(
     out: Optional[Path] = OutOpt,
     json_: bool = JsonOpt,
 ) -> None:
-    """The jobs of a pipeline or sweep and their states (from sacct); without an id, the recent ones."""
+    """The jobs of a pipeline or sweep: states, elapsed time, CPU-hours and GPU-hours (from sacct), per
+    job and in total; without an id, the recent ones.
+
+    Hours are what each job was allocated (sacct's AllocTRES: cpu=N, gres/gpu=M) times its elapsed
+    time, as accounting charges them; local tasks have none.
+
+    \b
+    Example:
+      inat-jobs status 20261202-013000-ab12 --json
+    """
     scratch = layout.scratch_root(out)
     if ident is None:
         targets = [resolve(scratch, item["id"]) for item in recent(scratch)]
@@ -174,30 +215,51 @@ def status(
         listing = []
         for t in targets:
             ids = {task for rec in t.records for task in rec["task_ids"]}
-            listing.append({"id": t.id, "kind": t.kind,
-                            "states": jobstate.summary([r for r in rows if r["JobID"] in ids])})
+            mine = [r for r in rows if r["JobID"] in ids]
+            listing.append({"id": t.id, "kind": t.kind, "states": jobstate.summary(mine),
+                            "total": jobstate.total_cost(mine)})
         if json_:
             typer.echo(json.dumps(listing))
             return
         if not targets:
             typer.echo(f"nothing under {scratch} yet (pipelines/, sweeps/)")
         for item in listing:
-            typer.echo(f"{item['id']:<24} {item['kind']:<9} {item['states']}")
+            typer.echo(f"{item['id']:<24} {item['kind']:<9} {_hours(item['total'])}  {item['states']}")
         return
     target = resolve(scratch, ident)
     rows = jobstate.task_rows(target.records)
+    total = jobstate.total_cost(rows)
     if json_:
-        typer.echo(json.dumps({"id": target.id, "kind": target.kind, "jobs": rows,
+        typer.echo(json.dumps({"id": target.id, "kind": target.kind, "jobs": rows, "total": total,
                                "runs": [str(r) for r in target.runs]}))
         return
     typer.echo(f"{target.kind} {target.id}: {jobstate.summary(rows)}")
-    typer.echo(f"{'stage':<10} {'JobID':<14} {'JobName':<16} {'State':<14} {'Elapsed':<10} ExitCode")
+    typer.echo(f"{'stage':<10} {'JobID':<14} {'JobName':<16} {'State':<14} {'Elapsed':<10} {'CPU-h':>8} "
+               f"{'GPU-h':>8} ExitCode")
     for r in rows:
         note = f"  {r['Error']}" if r.get("Error") else ""
+        if len(r.get("attempts") or []) > 1:
+            note += f"  ({len(r['attempts'])} attempts: requeued)"
+        elapsed = r["Elapsed"] if r["elapsed_s"] is None else _clock(r["elapsed_s"])
         typer.echo(f"{r['stage']:<10} {r['JobID']:<14} {r['JobName']:<16} {r['State']:<14} "
-                   f"{r['Elapsed']:<10} {r['ExitCode']}{note}")
+                   f"{elapsed:<10} {_num(r['cpu_hours']):>8} {_num(r['gpu_hours']):>8} {r['ExitCode']}{note}")
+    typer.echo(f"total: {_hours(total)}")
     for run in target.runs:
         typer.echo(f"run: {run}")
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _hours(total: dict) -> str:
+    return (f"{_clock(total['elapsed_s'])} elapsed (summed over jobs), "
+            f"{total['cpu_hours']:.3f} CPU-h, {total['gpu_hours']:.3f} GPU-h")
 
 
 @app.command()

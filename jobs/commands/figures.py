@@ -14,8 +14,8 @@ from inat.figures.report import write_report
 from inat.sweep import find_sweep
 
 from ..app import app
-from ..slurm.submit import maybe_submit
-from .options import ClusterSetOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt
+from ..slurm.submit import DryRun, maybe_submit
+from .options import ClusterSetOpt, DryRunOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt
 
 
 @app.command()
@@ -41,15 +41,22 @@ def visualize(
     profile: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
     image: Optional[Path] = ImageOpt,
+    dry_run: bool = DryRunOpt,
 ) -> None:
-    """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here."""
+    """Write RUN/figures/*.png (and .pdf). Needs no `test` run first: predictions are computed here.
+
+    \b
+    Example (--dry-run shows the sbatch script and submits nothing):
+      inat-jobs visualize --run SCRATCH/runs/RUN_ID --cluster slurm --dry-run
+    """
     names = parse_what(what)  # a typo fails before the model loads
     if max_images < 1:
         raise InatError(f"--max-images {max_images}: must be at least 1")
     from ..tasks import visualize_run  # lazy: submitit
 
     args = (names, data and data.resolve(), seed, max_images, pdf)
-    if maybe_submit("visualize", run, cluster, profile, cluster_set, image, lambda r: (visualize_run, (r, *args))):
+    call = lambda r: (visualize_run, (r, *args))  # noqa: E731
+    if maybe_submit("visualize", run, cluster, profile, cluster_set, image, call, DryRun() if dry_run else None):
         return
     from inat.figures.visualize import visualize as make_figures  # lazy: Keras, TensorFlow, matplotlib
 

@@ -14,10 +14,9 @@ from inat.sweep.liveness import MIN_STALE_AFTER_S, STALE_AFTER_S
 from ..slurm.profile import PROFILE_ENV
 
 __all__ = [
-    "AgentsOpt", "BackendOpt", "ClusterOpt", "ClusterSetOpt", "ConfigOpt", "DataOpt", "EpochsOpt", "GpusPerTrialOpt",
-    "ImageOpt",
-    "JsonOpt", "OutOpt", "ProfileOpt", "RunsClusterOpt", "SeedOpt", "SeedsOpt", "SetOpt", "StaleOpt",
-    "StorageOpt", "SweepOpt", "TopKOpt", "TrialsPerAgentOpt", "WaitOpt",
+    "AgentsOpt", "BackendOpt", "ClusterOpt", "ClusterSetOpt", "ConfigOpt", "DataOpt", "DryRunOpt", "EpochsOpt",
+    "GpusPerTrialOpt", "ImageOpt", "JsonOpt", "OutOpt", "ProfileOpt", "RunsClusterOpt", "SeedOpt", "SeedsOpt", "SetOpt",
+    "StaleOpt", "StorageOpt", "SweepOpt", "TopKOpt", "TrialsPerAgentOpt", "WaitOpt",
 ]
 
 # ---- runs -------------------------------------------------------------------------------------------
@@ -90,3 +89,7 @@ RunsClusterOpt = typer.Option(None, "--cluster", help=_CLUSTER_HELP["runs_cluste
 ProfileOpt = typer.Option(None, "--profile", help=_CLUSTER_HELP["profile"])
 ClusterSetOpt = typer.Option(None, "--cluster-set", help=_CLUSTER_HELP["cluster_set"])
 ImageOpt = typer.Option(None, "--image", help=_CLUSTER_HELP["image"], dir_okay=False)
+DryRunOpt = typer.Option(
+    False, "--dry-run", help="Submit and write nothing: print each sbatch script exactly as it would be submitted, "
+    "its array size and dependency (ids not known yet are shown as <STAGE job id>). Options are still checked."
+)

@@ -14,9 +14,10 @@ from inat.errors import InatError
 from inat.models import flops, weights
 
 from ..app import app
-from ..slurm.submit import maybe_submit
+from ..slurm.submit import DryRun, maybe_submit
 from .options import (
-    ClusterSetOpt, ConfigOpt, DataOpt, GpusPerTrialOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt, SetOpt,
+    ClusterSetOpt, ConfigOpt, DataOpt, DryRunOpt, GpusPerTrialOpt, ImageOpt, OutOpt, ProfileOpt, RunsClusterOpt,
+    SetOpt,
 )  # fmt: skip
 
 
@@ -61,14 +62,20 @@ def test(
     profile: Optional[Path] = ProfileOpt,
     cluster_set: Optional[List[str]] = ClusterSetOpt,
     image: Optional[Path] = ImageOpt,
+    dry_run: bool = DryRunOpt,
 ) -> None:
-    """Evaluate each run's model.keras on the test split; writes RUN/test_metrics.json and predictions.csv."""
+    """Evaluate each run's model.keras on the test split; writes RUN/test_metrics.json and predictions.csv.
+
+    \b
+    Example (--dry-run shows the sbatch script and submits nothing):
+      inat-jobs test --run SCRATCH/runs/RUN_ID --cluster slurm --dry-run
+    """
     from ..tasks import evaluate_run  # lazy: submitit
 
     if batch_size is not None and batch_size < 1:
         raise InatError(f"--batch-size {batch_size}: expected an integer >= 1 (leave it out for the run's own)")
     call = lambda r: (evaluate_run, (r, data and data.resolve(), batch_size))  # noqa: E731
-    if maybe_submit("test", run, cluster, profile, cluster_set, image, call):
+    if maybe_submit("test", run, cluster, profile, cluster_set, image, call, DryRun() if dry_run else None):
         return
     from inat.evaluate import evaluate, format_table  # lazy: Keras and TensorFlow
 

@@ -24,11 +24,12 @@ from inat.sweep.status import run_dir_rows, trial_rows
 from .. import agents as local_agents
 from ..app import app
 from ..launch import check_bounded, create_sweep
+from ..slurm import jobstate
 from ..slurm.profile import load_profile, resolve_cluster
-from ..slurm.submit import submit_agents
+from ..slurm.submit import DryRun, submit_agents
 from .options import (
-    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, GpusPerTrialOpt, ImageOpt, OutOpt, ProfileOpt, SeedOpt, SetOpt,
-    StaleOpt, StorageOpt, SweepOpt, TrialsPerAgentOpt,
+    AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, DryRunOpt, GpusPerTrialOpt, ImageOpt, OutOpt,
+    ProfileOpt, SeedOpt, SetOpt, StaleOpt, StorageOpt, SweepOpt, TrialsPerAgentOpt,
 )  # fmt: skip
 
 
@@ -49,15 +50,32 @@ def launch_sweep(
     seed: int = SeedOpt,
     wait: bool = typer.Option(False, "--wait", help="Block until the agents finish; non-zero exit if one failed."),
     json_: bool = typer.Option(
-        False, "--json", help="Print one JSON object {sweep_id, job_ids, out} and nothing else."
+        False, "--json", help="Print one JSON object {sweep_id, job_ids, out} and nothing else "
+        "(with --dry-run: {dry_run, cluster, submissions})."
     ),
+    dry_run: bool = DryRunOpt,
 ) -> None:
-    """Create a sweep under SCRATCH/sweeps/ID/ and start N agents on it."""
+    """Create a sweep under SCRATCH/sweeps/ID/ and start N agents on it.
+
+    \b
+    Example (--dry-run shows the agents' sbatch script and submits nothing):
+      inat-jobs launch-sweep --sweep configs/sweeps/sweep_partA.yaml --agents 4 --trials-per-agent 10 \\
+          --data /scratch/$USER/inaturalist_12K --cluster slurm --dry-run
+    """
     if wait and cluster not in (None, "local"):
         raise ConfigError("--wait works with --cluster local; for Slurm watch `inat-jobs sweep-status ID`")
     cluster = resolve_cluster("local" if wait else cluster)
     profile = load_profile(profile_path, cluster_set or [], image)
-    sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed)
+    sw, spec = create_sweep(sweep, agents, trials_per_agent, backend, data, out, set_, storage, seed, dry_run)
+    if dry_run:
+        dry = DryRun((lambda m: print(m, file=sys.stderr)) if json_ else typer.echo)
+        if cluster == "slurm":
+            submit_agents(sw.dir, agents, trials_per_agent, profile=profile, dry_run=dry)
+        else:
+            dry.local(f"--cluster local would create sweep {sw.dir} and start {agents} agent process(es) here")
+        if json_:
+            typer.echo(json.dumps({"dry_run": True, "cluster": cluster, "submissions": dry.shown}))
+        return
     say = (lambda *_: None) if json_ else typer.echo
     say(f"sweep {sw.id}: {backend} backend, {spec.method} search on {spec.metric} ({spec.goal})")
     if backend == "wandb":
@@ -129,7 +147,13 @@ def sweep_status(
     Reads the study and the trial directories and changes neither. Its one output is
     SCRATCH/sweeps/ID/best_config.yaml, the best config for `inat-jobs train --config`, written
     atomically and only when the best changed. A running trial whose heartbeat is older than
-    --stale-after is shown as stale; --fail-stale marks it failed."""
+    --stale-after is shown as stale; --fail-stale marks it failed. A trial that ran in a Slurm job
+    also shows its CPU-hours and GPU-hours: its wall time x what its job was allocated (sacct).
+
+    \b
+    Example:
+      inat-jobs sweep-status 20261202-013000-ab12 --json
+    """
     _check_stale_after(stale_after)
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     spec = sw.spec()
@@ -139,6 +163,7 @@ def sweep_status(
         raise ConfigError("--fail-stale is for --backend local (W&B's server keeps its runs' states)")
     else:
         rows = run_dir_rows(sw, spec)
+    costed = _add_cost(rows)
     counts = Counter(r["state"] for r in rows)
     best = best_configs(sw.dir, 1)
     best_out = None
@@ -148,14 +173,17 @@ def sweep_status(
                     "val_accuracy": top.val_accuracy, "config": top.config.to_dict(),
                     "config_path": _save_best_config(sw.dir / "best_config.yaml", top.config)}
     if json_:
-        typer.echo(json.dumps({"sweep_id": sw.id, "backend": sw.backend, "dir": str(sw.dir),
-                               "counts": dict(counts), "trials": rows, "best": best_out}, default=str))
+        total = jobstate.total_cost(rows, ("cpu_hours", "gpu_hours")) if costed else None
+        typer.echo(json.dumps({"sweep_id": sw.id, "backend": sw.backend, "dir": str(sw.dir), "counts": dict(counts),
+                               "trials": rows, "total": total, "best": best_out}, default=str))
         return
     states = ("running", "finished", "pruned", "failed", *(s for s in ("superseded",) if counts.get(s)))
     typer.echo(f"sweep {sw.id} ({sw.backend}, {spec.method} on {spec.metric}, {spec.goal}): {len(rows)} trial(s): "
                + ", ".join(f"{counts.get(s, 0)} {s}" for s in states))
     metric_head = f"best {spec.metric}"
-    typer.echo(f"{'trial':<10} {'state':<10} {'epochs':>6} {metric_head:>17} {'@epoch':>6} {'val_acc':>8}  params")
+    hours_head = f" {'CPU-h':>7} {'GPU-h':>7}" if costed else ""
+    typer.echo(f"{'trial':<10} {'state':<10} {'epochs':>6} {metric_head:>17} {'@epoch':>6} {'val_acc':>8}"
+               f"{hours_head}  params")
     for r in rows:
         value = "-" if r.get("value") is None else f"{r['value']:.4f}"
         acc = "-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}"
@@ -169,8 +197,13 @@ def sweep_status(
         if r.get("stale_s") is not None:
             notes.append(f"stale: no heartbeat for {r['stale_s']} s")
         note = f"  ({'; '.join(notes)})" if notes else ""
+        hours = "".join(f" {'-' if r.get(k) is None else format(r[k], '.3f'):>7}" for k in ("cpu_hours", "gpu_hours"))
         typer.echo(f"{r['trial']:<10} {r['state']:<10} {r['epochs_done']:>6} {value:>17} "
-                   f"{r.get('best_epoch') or '-':>6} {acc:>8}  {params}{note}")
+                   f"{r.get('best_epoch') or '-':>6} {acc:>8}{hours if costed else ''}  {params}{note}")
+    if costed:
+        total = jobstate.total_cost(rows, ("cpu_hours", "gpu_hours"))
+        typer.echo(f"trials in Slurm jobs: {total['cpu_hours']:.3f} CPU-h, {total['gpu_hours']:.3f} GPU-h "
+                   "(each trial's wall time x its job's allocated CPUs and GPUs)")
     if best_out is None:
         typer.echo("best: no finished trial yet")
         return
@@ -183,6 +216,25 @@ def sweep_status(
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+
+
+def _add_cost(rows: list[dict]) -> bool:
+    """Give each trial that ran in a Slurm job its cpu_hours and gpu_hours: its wall seconds x what
+    the job was allocated (an agent's job runs its trials one after another). False when none did."""
+    ids = {r["slurm_job_id"] for r in rows if r.get("slurm_job_id")}
+    if not ids:
+        return False
+    try:
+        jobs = jobstate.allocations(ids)
+    except InatError as exc:  # e.g. looking at a sweep from a machine without sacct
+        print(f"inat-jobs: warning: no GPU-hours: {exc}", file=sys.stderr)
+        return False
+    for r in rows:
+        job = jobs.get(r.get("slurm_job_id") or "")
+        spent = jobstate.cost(job, r.get("seconds")) if job and r.get("seconds") is not None else {}
+        r["cpu_hours"], r["gpu_hours"] = spent.get("cpu_hours"), spent.get("gpu_hours")
+    return True
+
 
 
 def _check_stale_after(seconds: float) -> None:

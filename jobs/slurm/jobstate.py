@@ -1,7 +1,12 @@
-"""Job states from Slurm's accounting (`sacct`), per array task, for `status`, `collect` and `--wait`.
+"""Job states and what jobs cost, from Slurm's accounting (`sacct`), per array task, for `status`,
+`sweep-status`, `collect` and `--wait`.
 
 `sacct` is the source of truth because finished jobs leave `squeue` within seconds; submitit's
 cached `job.state` is not consulted. Local (in-process) stages carry their states in their record.
+
+Cost is what a job held, not what it used: AllocTRES (`cpu=N`, `gres/gpu=M`) x Elapsed, the way a
+cluster's accounting charges an allocation. A requeued job (same id) cost every attempt: sacct -D
+lists them in order, the last is the job's state, and its cost is the sum over all of them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Iterable
 
 from inat.errors import InatError
 
-FIELDS = ("JobID", "JobName", "State", "Elapsed", "ExitCode")
+FIELDS = ("JobID", "JobIDRaw", "JobName", "State", "Elapsed", "ElapsedRaw", "ExitCode", "AllocTRES")
 DONE_OK = {"COMPLETED", "SKIPPED"}
 TERMINAL = DONE_OK | {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                       "BOOT_FAIL", "DEADLINE", "REVOKED"}
@@ -22,14 +27,14 @@ _PENDING_ARRAY = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]$")
 
 
 def sacct(job_ids: Iterable[str], timeout: float = 30) -> dict[str, dict[str, str]]:
-    """{task id: {JobID, JobName, State, Elapsed, ExitCode}}; pending arrays are expanded per task."""
+    """{task id: {FIELDS...}}; pending arrays are expanded per task."""
     ids = sorted({str(j).split("_")[0] for j in job_ids if str(j) and str(j)[0].isdigit()})
     if not ids:
         return {}
     if not shutil.which("sacct"):
         raise InatError("sacct not found: job states need Slurm's accounting (run this on a login node)")
     try:
-        out = subprocess.run(["sacct", "-j", ",".join(ids), "-X", "-n", "-P", "-o", ",".join(FIELDS)],
+        out = subprocess.run(["sacct", "-j", ",".join(ids), "-X", "-D", "-n", "-P", "-o", ",".join(FIELDS)],
                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise InatError(f"sacct did not answer within {timeout:.0f} s") from None
@@ -46,10 +51,69 @@ def sacct(job_ids: Iterable[str], timeout: float = 30) -> dict[str, dict[str, st
         match = _PENDING_ARRAY.match(row["JobID"])
         if match:
             for task in _expand(match.group(2)):
-                rows[f"{match.group(1)}_{task}"] = {**row, "JobID": f"{match.group(1)}_{task}"}
+                # a pending task has no number of its own yet
+                rows[f"{match.group(1)}_{task}"] = {**row, "JobID": f"{match.group(1)}_{task}", "JobIDRaw": ""}
         else:
+            before = rows.get(row["JobID"])
+            # an earlier attempt of a requeued job: this later row is the state, both are the cost
+            row["attempts"] = (before["attempts"] if before else []) + [
+                {"ElapsedRaw": row["ElapsedRaw"], "AllocTRES": row["AllocTRES"]}]
             rows[row["JobID"]] = row
     return rows
+
+
+def allocations(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    """sacct's row of each job id given, as an array task (<array>_<i>) or as Slurm's own number of
+    the task (SLURM_JOB_ID, which run.json records): both name the same row."""
+    wanted = {str(j) for j in job_ids if j}
+    found = sacct(wanted)
+    by_id = {**{r["JobIDRaw"]: r for r in found.values() if r.get("JobIDRaw")}, **found}
+    return {j: by_id[j] for j in wanted if j in by_id}
+
+
+def gpus_in(tres: str) -> int:
+    """GPUs in a TRES string: `gres/gpu=M`, else the sum of the typed `gres/gpu:TYPE=M` (Slurm lists
+    both for typed GPUs, and they count the same GPUs)."""
+    plain = typed = 0
+    for item in tres.split(","):
+        name, _, value = item.strip().partition("=")
+        if not value.isdigit():
+            continue
+        if name == "gres/gpu":
+            plain += int(value)
+        elif name.startswith("gres/gpu:"):
+            typed += int(value)
+    return plain or typed
+
+
+def cpus_in(tres: str) -> int:
+    return next((int(v) for k, _, v in (i.strip().partition("=") for i in tres.split(","))
+                 if k == "cpu" and v.isdigit()), 0)
+
+
+def cost(row: dict[str, str], seconds: float | None = None) -> dict[str, float | int | None]:
+    """elapsed_s, cpus, gpus, cpu_hours, gpu_hours of a sacct row: its AllocTRES x `seconds` (default:
+    the job's ElapsedRaw, summed over its attempts). None where sacct says nothing (a local task, a
+    job not yet accounted). cpus and gpus are the latest attempt's."""
+    attempts = row.get("attempts") or []
+    if seconds is None and len(attempts) > 1:
+        each = [cost(a) for a in attempts]
+        total = {k: round(sum(c[k] or 0 for c in each), 4) for k in ("elapsed_s", "cpu_hours", "gpu_hours")}
+        return {**each[-1], **total}
+    if seconds is None:
+        raw = row.get("ElapsedRaw", "")
+        seconds = float(raw) if raw.isdigit() else None
+    tres = row.get("AllocTRES", "")
+    cpus, gpus = cpus_in(tres), gpus_in(tres)
+    hours = None if seconds is None else seconds / 3600
+    return {"elapsed_s": seconds, "cpus": cpus if tres else None, "gpus": gpus if tres else None,
+            "cpu_hours": round(cpus * hours, 4) if hours is not None and tres else None,
+            "gpu_hours": round(gpus * hours, 4) if hours is not None and tres else None}
+
+
+def total_cost(rows: list[dict[str, Any]], keys=("elapsed_s", "cpu_hours", "gpu_hours")) -> dict[str, float]:
+    """The sums of `keys` (elapsed_s, cpu_hours, gpu_hours) over rows; a missing value counts 0."""
+    return {key: round(sum(r.get(key) or 0 for r in rows), 4) for key in keys}
 
 
 def _expand(spec: str) -> list[int]:
@@ -62,7 +126,7 @@ def _expand(spec: str) -> list[int]:
 
 
 def task_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """One row per task of every record: stage, JobID, JobName, State, Elapsed, ExitCode."""
+    """One row per task of every record: stage, the sacct FIELDS, and its `cost` (None for local tasks)."""
     slurm_ids = [t for r in records if r.get("cluster", "slurm") == "slurm" for t in r["task_ids"]]
     found = sacct(slurm_ids) if slurm_ids else {}
     rows = []
@@ -71,11 +135,12 @@ def task_rows(records: list[dict[str, Any]]) -> list[dict[str, str]]:
             if rec.get("cluster", "slurm") == "slurm":
                 row = found.get(task) or {"JobID": task, "JobName": f"inat-{rec['stage']}",
                                           "State": "SUBMITTED", "Elapsed": "", "ExitCode": ""}
+                row = {**row, **cost(row)}
             else:
                 states, errors = rec.get("states") or [], rec.get("errors") or []
                 row = {"JobID": task, "JobName": f"inat-{rec['stage']}",
                        "State": states[i] if i < len(states) else "PENDING", "Elapsed": "", "ExitCode": "",
-                       "Error": errors[i] if i < len(errors) and errors[i] else ""}
+                       "Error": errors[i] if i < len(errors) and errors[i] else "", **cost({})}
             rows.append({"stage": rec["stage"], **row, "index": i, "folder": rec.get("folder", "")})
     return rows
 

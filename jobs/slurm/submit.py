@@ -7,6 +7,8 @@ and the logs <jobid>_<task>_0_log.out/.err), and a record of it is appended to t
     SCRATCH/sweeps/<id>/jobs.json         agents and retraining of a sweep
     SCRATCH/pipelines/<id>/pipeline.json  the four stages of a pipeline ("stages")
     SCRATCH/jobs/<id>/jobs.json           test/visualize arrays submitted on their own
+
+Each of them takes `dry_run`, a `DryRun`: then the submission is shown instead of made (--dry-run).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from inat.fsutil import read_json, write_json
 from inat.rundir import RunDir
 
 from ..gpus import JobAgents
-from .profile import ClusterProfile, load_profile, make_executor, resolve_cluster
+from .profile import ClusterProfile, load_profile, make_executor, resolve_cluster, sbatch_text
 
 log = logging.getLogger("inat")
 Call = tuple[Callable[..., Any], tuple]
@@ -53,11 +55,48 @@ class Submitted:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass
+class DryRun:
+    """--dry-run: passed as `dry_run=` to the submitting functions here, it makes each submission print
+    what it would submit and submit and write nothing: no job folder, no pickle, no sbatch, no record.
+
+    Each submission prints its array size, its dependency and its sbatch script, the text submitit
+    would write (`profile.sbatch_text`). Job ids do not exist yet: a submission's id is the placeholder
+    `<STAGE job id>`, which a later stage's dependency then names. `shown` keeps every submission for
+    --json. A command adds --dry-run with `dry = DryRun(say) if dry_run else None` and passes it on.
+    """
+
+    say: Callable[[str], None] = print
+    shown: list[dict[str, Any]] = field(default_factory=list)
+
+    def show(self, stage: str, n_tasks: int, profile: ClusterProfile, folder: Path,
+             dependency: str | None) -> Submitted:
+        script = sbatch_text(profile, stage, folder, n_tasks, dependency)
+        job_id = f"<{stage} job id>"
+        if not self.shown:
+            self.say("dry run: nothing is submitted and nothing is written")
+        self.shown.append({"stage": stage, "array_size": n_tasks, "dependency": dependency,
+                           "folder": str(folder), "script": script})
+        size = f"an array of {n_tasks} tasks, {job_id}_0 .. _{n_tasks - 1}" if n_tasks > 1 else "one job"
+        self.say(f"{stage}: would submit {size}; dependency: {dependency or 'none'}")
+        self.say(f"----- sbatch script of {stage} ({folder}/{job_id}_submission.sh) -----")
+        self.say(script.rstrip("\n"))
+        self.say(f"----- end of {stage} script -----")
+        tasks = [f"{job_id}_{i}" for i in range(n_tasks)] if n_tasks > 1 else [job_id]
+        return Submitted(stage, job_id, tasks, str(folder), dependency=dependency)
+
+    def local(self, what: str) -> None:
+        """The one line a dry run says where the work would run on this machine instead."""
+        self.say(f"dry run: nothing would be submitted; {what}")
+
+
 def submit_calls(stage: str, calls: Sequence[Call], profile: ClusterProfile, folder: Path,
-                 dependency: str | None = None) -> Submitted:
+                 dependency: str | None = None, dry_run: DryRun | None = None) -> Submitted:
     """Submit `calls` as one Slurm array (or one job), with the profile's settings for `stage`."""
     if not calls:
         raise InatError(f"{stage}: nothing to submit")
+    if dry_run is not None:
+        return dry_run.show(stage, len(calls), profile, folder, dependency)
     fresh = not folder.exists()
     executor = make_executor(profile.for_stage(stage), folder, f"inat-{stage}", dependency)
     try:
@@ -101,7 +140,7 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
     A task runs one agent, or several on a GPU job (`jobs.gpus`): the array may have fewer tasks.
 
     options: profile (ClusterProfile; default: $INAT_CLUSTER_PROFILE or Slurm's defaults),
-    dependency (an sbatch --dependency string).
+    dependency (an sbatch --dependency string), dry_run (a DryRun: show, do not submit).
     """
     from ..tasks import AgentTask  # lazy: submitit
 
@@ -110,13 +149,15 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
     folder = layout.jobs_dir(layout.root_of(sweep_dir)) / sweep_dir.name / "agent"
     plan = JobAgents.for_profile(n_agents, profile.for_stage("agent"))  # n_agents in all, per_job a task
     calls = [(AgentTask(), (sweep_dir, i, trials_per_agent, plan)) for i in range(plan.tasks)]
-    sub = submit_calls("agent", calls, profile, folder, options.get("dependency"))
-    add_records(sweep_dir / "jobs.json", [sub])
+    dry_run = options.get("dry_run")
+    sub = submit_calls("agent", calls, profile, folder, options.get("dependency"), dry_run)
+    if dry_run is None:
+        add_records(sweep_dir / "jobs.json", [sub])
     return sub.task_ids
 
 
 def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path],
-                 profile: ClusterProfile) -> tuple[str, Submitted]:
+                 profile: ClusterProfile, dry_run: DryRun | None = None) -> tuple[str, Submitted]:
     """Submit test/visualize tasks for given runs as one array; recorded in SCRATCH/jobs/<id>/jobs.json.
 
     SCRATCH is the one the first run lives in (SCRATCH/runs/<run>), else the default scratch root.
@@ -125,23 +166,31 @@ def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path],
     scratch = layout.root_of(first) if first.parent.name == "runs" else layout.scratch_root()
     group = layout.new_id(f"{stage}-")
     folder = layout.jobs_dir(scratch) / group
-    sub = submit_calls(stage, calls, profile, folder / stage)
+    sub = submit_calls(stage, calls, profile, folder / stage, dry_run=dry_run)
     sub.runs = [str(Path(r).resolve()) for r in runs]
-    add_records(folder / "jobs.json", [sub])
+    if dry_run is None:
+        add_records(folder / "jobs.json", [sub])
     return group, sub
 
 
 def maybe_submit(stage: str, runs: Sequence[Path], cluster: str | None, profile_path: Path | None,
                  cluster_set: Sequence[str] | None, image: Path | None,
-                 make_call: Callable[[Path], Call]) -> bool:
+                 make_call: Callable[[Path], Call], dry_run: DryRun | None = None) -> bool:
     """For `test`/`visualize --cluster ...`: submit one array over `runs` and say so; False when the
-    work should run in this process instead (no --cluster, or it resolved to local)."""
-    if cluster is None or resolve_cluster(cluster) == "local":
+    work should run in this process instead (no --cluster, or it resolved to local). A dry run is
+    over here either way (True): it shows the submission, or says what would run here."""
+    where = "local" if cluster is None else resolve_cluster(cluster)
+    if where == "local" and dry_run is None:
         return False
-    profile = load_profile(profile_path, cluster_set or [], image)
+    profile = load_profile(profile_path, cluster_set or [], image) if where == "slurm" else None
     for run in runs:  # a job for a run without a model would only fail on the node
         RunDir(Path(run).resolve()).require_model()
-    group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile)
+    if profile is None:
+        dry_run.local(f"{stage} would run in this process on {len(runs)} run(s) (--cluster slurm submits it)")
+        return True
+    group, sub = submit_group(stage, [make_call(Path(r).resolve()) for r in runs], runs, profile, dry_run)
+    if dry_run is not None:
+        return True
     print(f"{stage}: submitted job {sub.job_id} ({len(sub.task_ids)} task(s)): {', '.join(sub.task_ids)}")
     print(f"watch:   inat-jobs status {group}")
     return True

@@ -351,7 +351,8 @@ def test_status_and_collect_commands(local_pipeline, tmp_path):
 def test_jobstate_expands_pending_arrays(monkeypatch):
     class Out:
         returncode, stderr = 0, ""
-        stdout = "5_[0-2%2]|inat-agent|PENDING|00:00:00|0:0\n6|inat-train|CANCELLED by 0|00:00:01|0:0\n"
+        stdout = ("5_[0-2%2]|5|inat-agent|PENDING|00:00:00|0|0:0|\n"
+                  "6|6|inat-train|CANCELLED by 0|00:00:01|1|0:0|billing=1,cpu=1,mem=2G,node=1\n")
 
     monkeypatch.setattr(jobstate.shutil, "which", lambda name: "/usr/bin/" + name)
     monkeypatch.setattr(jobstate.subprocess, "run", lambda *a, **k: Out())

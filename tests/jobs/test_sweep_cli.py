@@ -165,12 +165,16 @@ def test_status_of_a_wandb_sweep_reads_the_trial_run_directories(tmp_path):
                                  ("ghi789", "completed", [0.3, 0.35])):
         run = sweep.trials_dir / run_id
         RunConfig.from_dict({"epochs": 2, "dropout": 0.4 if run_id == "abc123" else 0.0}).save(run / "config.yaml")
-        write_json(run / "run.json", {"status": status})
+        write_json(run / "run.json", {"status": status, "started": "2026-12-02T01:00:00+0000",
+                                      "updated": "2026-12-02T01:30:00+0000"})
         write_csv(run / "history.csv", ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"],
                   [[i + 1, 1, 0.5, 1, a, 1] for i, a in enumerate(accs)])
     result = cli("sweep-status", sweep.id, "--out", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    # run.json's times give each trial's wall time; outside Slurm there is no job to charge it to
+    assert [(t["seconds"], t["slurm_job_id"]) for t in report["trials"]] == [(1800.0, None)] * 3
+    assert report["total"] is None and "cpu_hours" not in report["trials"][0]
     assert report["counts"] == {"finished": 2, "pruned": 1}
     assert report["best"]["trial"] == "abc123" and report["best"]["val_accuracy"] == 0.4
     assert RunConfig.load(report["best"]["config_path"]).dropout == 0.4
