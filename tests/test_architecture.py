@@ -29,8 +29,9 @@ from conftest import REPO
 
 PACKAGES = ("inat", "jobs")
 # What `inat-jobs --help` must not pay for. numpy and PIL are here too: numpy alone takes longer
-# to import than everything --help loads.
-HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "wandb", "submitit", "numpy", "PIL")
+# to import than everything --help loads; so does SQLAlchemy (about 150 ms), which only a --storage
+# URL needs.
+HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "wandb", "submitit", "numpy", "PIL", "sqlalchemy")
 MAX_LINES = 330
 
 
