@@ -2,9 +2,10 @@
 
 Each agent is an ask/tell loop around train(): a Keras callback reports the sweep metric per epoch
 (step = epoch number) and stops training when the pruner says so. Dead agents and requeued ones are
-handled in `inat.sweep.liveness` (with a database: Optuna's own heartbeat, `inat.sweep.rdb`), the rows `sweep-status` shows in `inat.sweep.status`. Only
-Optuna's public API is used (tests/sweep/test_sweep_local.py scans for private attributes), so an
-Optuna upgrade cannot silently break the agents.
+handled in `inat.sweep.liveness` (with a database, by Optuna's own heartbeat: `inat.sweep.rdb`), the
+rows `sweep-status` shows in `inat.sweep.status`. Only Optuna's public API is used
+(tests/sweep/test_sweep_local.py scans for private attributes), so an Optuna upgrade cannot silently
+break the agents.
 """
 
 from __future__ import annotations

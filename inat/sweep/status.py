@@ -28,7 +28,8 @@ def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S
 
     A requeued agent's killed trial has state "superseded" and `superseded_by`, the trial that
     resumes its run; that one has `resumes`, and `why` when it was handed on because its agent
-    stopped beating (a database's heartbeat, `inat.sweep.rdb.HandOn`). `run_dir` is the directory under trials/ of each."""
+    stopped beating (a database's heartbeat, `inat.sweep.rdb.HandOn`). `run_dir` is the directory
+    under trials/ of each. With a database, Optuna keeps the heartbeats, so no row is `stale_s`."""
     storage = storage_for(sweep, HEARTBEAT_S if fail_stale else None, stale_after)
     study = open_study(sweep, spec, storage=storage)
     stale: dict[int, float] = {}

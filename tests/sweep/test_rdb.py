@@ -2,9 +2,9 @@
 and PostgreSQL (`--storage postgresql://...`, Debian's).
 
 scripts/rdb/setup-test-db.sh (which .ci/run calls too) gives user inat_test databases named
-inat_test_* on each; every test module creates its own database and drops it. The agents are processes with a stand-in
-trial function (no TensorFlow), as in test_concurrent_agents.py, except in the Slurm test, whose one
-trial trains a tiny model. What is shown:
+inat_test_* on each; every test module creates its own database and drops it. The agents are
+processes with a stand-in trial function (no TensorFlow), as in test_concurrent_agents.py, except
+in the Slurm test, whose one trial trains a tiny model. What is shown:
 
 * 16 agents x 25 trials: 400 distinct trials, each run once, all COMPLETE;
 * an agent SIGKILLed mid-trial: Optuna's heartbeat (in the database, no heartbeat files) fails its
