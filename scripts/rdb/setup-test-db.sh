@@ -58,8 +58,11 @@ setup_postgres() {
         export DEBIAN_FRONTEND=noninteractive
         { apt-get -q -o DPkg::Lock::Timeout=120 update &&
             apt-get -q -y -o DPkg::Lock::Timeout=120 install --no-install-recommends postgresql; } \
-            >"$DIR/apt.log" 2>&1 || { ((own_policy)) && rm -f "$policy"; die "installing postgresql failed: $DIR/apt.log"; }
-        ((own_policy)) && rm -f "$policy"
+            >"$DIR/apt.log" 2>&1 || {
+            if ((own_policy)); then rm -f "$policy"; fi
+            die "installing postgresql failed: $DIR/apt.log"
+        }
+        if ((own_policy)); then rm -f "$policy"; fi
     fi
     if [[ -z $(pg_cluster) ]]; then
         local version
