@@ -71,8 +71,8 @@ EOF
     "$py" -m pip --version
 
     # The requirements, read from pyproject.toml: [project] dependencies, the extra's (unless
-    # the base has TensorFlow) and [build-system] requires, so that the project stage can build
-    # the project offline.
+    # the base has TensorFlow), the database drivers' ([mysql], [postgres]) and [build-system]
+    # requires, so that the project stage can build the project offline.
     local with_extra=$extra tmp=/tmp/inat-deps
     mkdir -p "$tmp"
     if [[ -n $base_tf ]]; then
@@ -97,13 +97,13 @@ with open(sys.argv[1], "rb") as f:
     meta = tomllib.load(f)
 extra = sys.argv[2]
 reqs = list(meta["project"].get("dependencies", []))
-if extra:
-    extras = meta["project"].get("optional-dependencies", {})
-    if extra not in extras:
-        sys.exit(f"install-inat: pyproject.toml has no extra [{extra}] (extras: {', '.join(extras)})")
-    reqs += extras[extra]
-# Jobs in the image signal wandb-osh after each epoch (inat/wandb_sync.py): the sync extra too.
-reqs += meta["project"].get("optional-dependencies", {}).get("sync", [])
+extras = meta["project"].get("optional-dependencies", {})
+# The database drivers too, so that agents in the image can use --storage mysql:// or postgresql://;
+# and sync, so that jobs in the image signal wandb-osh after each epoch (inat/wandb_sync.py).
+for name in filter(None, [extra, "mysql", "postgres", "sync"]):
+    if name not in extras:
+        sys.exit(f"install-inat: pyproject.toml has no extra [{name}] (extras: {', '.join(extras)})")
+    reqs += extras[name]
 reqs += meta.get("build-system", {}).get("requires", [])
 print("\n".join(reqs))
 EOF

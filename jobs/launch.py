@@ -15,7 +15,7 @@ import typer
 from inat import layout
 from inat.config import parse_overrides
 from inat.errors import ConfigError, InatError
-from inat.sweep import BACKENDS, Sweep, check_new_sweep, load_spec, new_sweep, wandb_backend
+from inat.sweep import BACKENDS, Sweep, check_new_sweep, load_spec, new_sweep, rdb, wandb_backend
 from inat.sweep.space import optuna_space
 from inat.sweep.study import create_study
 
@@ -48,6 +48,9 @@ def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], back
         wandb_backend.preflight()
     if not data.is_dir():
         raise InatError(f"--data {data}: directory not found")
+    if storage:  # before anything is created or submitted; the record keeps the password masked
+        storage = rdb.resolve(storage)
+        rdb.check_connection(storage)
     if not spec.metric.startswith("val_"):
         # Validation exists to rank configs; the training set rewards whatever memorises it best.
         typer.echo(f"warning: {sweep}: metric {spec.metric} is measured on the training set, so the sweep "
@@ -56,9 +59,13 @@ def create_sweep(sweep: Path, agents: int, trials_per_agent: Optional[int], back
     if dry_run:
         check_new_sweep(sweep, backend, data, fixed)
         where = layout.sweeps_dir(layout.scratch_root(out)) / DRY_RUN_ID
-        return Sweep(DRY_RUN_ID, where, backend, str(data.resolve()), fixed, storage, seed), spec
-    sw, spec = new_sweep(layout.scratch_root(out), sweep, backend, data, fixed, storage, seed)
+        return Sweep(DRY_RUN_ID, where, backend, str(data.resolve()), fixed,
+                     rdb.masked(storage) if storage else None, seed), spec
+    sw, spec = new_sweep(layout.scratch_root(out), sweep, backend, data, fixed,
+                         rdb.masked(storage) if storage else None, seed)
     try:
+        if storage:
+            rdb.save_secret(sw.dir, storage)
         if backend == "local":
             create_study(sw, spec)
         else:

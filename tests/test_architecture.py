@@ -30,9 +30,9 @@ from conftest import REPO
 PACKAGES = ("inat", "jobs")
 # What `inat-jobs --help` must not pay for. numpy and PIL are here too: numpy alone takes longer
 # to import than everything --help loads. optuna_dashboard loads Optuna, and is an extra; wandb_osh:
-# its hooks import W&B.
+# its hooks import W&B; SQLAlchemy takes about 150 ms, and only a --storage URL needs it.
 HEAVY = ("tensorflow", "keras", "jax", "matplotlib", "optuna", "optuna_dashboard", "wandb", "wandb_osh", "submitit",
-         "numpy", "PIL")
+         "numpy", "PIL", "sqlalchemy")
 MAX_LINES = 330
 
 

@@ -8,6 +8,8 @@
   study          the local backend's Optuna study on scratch storage: create and open it
   local          the local backend's agent: an ask/tell loop around `inat.train.train`
   liveness       heartbeats, dead trials, requeued agents (local backend)
+  rdb            the study on a database server (--storage URL): its password, the connection
+                 check, Optuna's heartbeat (instead of liveness's files)
   status         the rows `sweep-status` shows, from the study or the trial directories
   wandb_backend  the W&B backend: W&B's server picks, we train
   dashboard      optuna-dashboard over the local backend's study, read-only, for a browser

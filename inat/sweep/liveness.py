@@ -13,6 +13,9 @@ trial is enqueued with the same parameters and the user attributes `run_dir` (th
 directory) and `resumes` (its number), and the old trial is told FAIL as superseded. The agent's
 next `study.ask()` returns the enqueued trial, which trains into the old run directory, so train()
 resumes it. `run_dir_of` maps any trial to its run directory; `superseded` finds the old trials.
+
+With a database (`--storage URL`) Optuna's own heartbeat replaces the heartbeat files and the stale
+check (`inat.sweep.rdb`); requeued agents are handled here for every storage.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Each agent is an ask/tell loop around train(): a Keras callback reports the sweep metric per epoch
 (step = epoch number) and stops training when the pruner says so. Dead agents and requeued ones are
-handled in `inat.sweep.liveness`, the rows `sweep-status` shows in `inat.sweep.status`. Only
-Optuna's public API is used (tests/sweep/test_sweep_local.py scans for private attributes), so an
-Optuna upgrade cannot silently break the agents.
+handled in `inat.sweep.liveness` (with a database, by Optuna's own heartbeat: `inat.sweep.rdb`), the
+rows `sweep-status` shows in `inat.sweep.status`. Only Optuna's public API is used
+(tests/sweep/test_sweep_local.py scans for private attributes), so an Optuna upgrade cannot silently
+break the agents.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..config import RunConfig
 from ..errors import InatError
 from ..fsutil import write_json
 from ..rundir import RunDir
+from . import rdb
 from .liveness import (
     HEARTBEAT_S, STALE_AFTER_S, Heartbeat, own_unfinished, recover_stale, requeue, run_dir_of, set_attr,
     superseded, tell, trial_states,
@@ -69,16 +71,17 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
     from optuna.samplers import GridSampler  # lazy: Optuna, when an agent runs
 
     spec = sweep.spec()
-    storage = storage_for(sweep)
+    storage = storage_for(sweep, heartbeat_s, stale_after)
     study = open_study(sweep, spec, agent_id, storage)
     space = optuna_space(spec)
     state_path = sweep.agents_dir / f"{agent_id}.json"
     own = own_unfinished(study, state_path)
-    recover_stale(study, storage, sweep, stale_after, keep=own.number if own else None)
     if own is not None:  # requeued: its killed trial's run goes on in a new trial, asked for below
         requeue(study, storage, own, agent_id)
         log.info("%s: requeued; trial %s's run %s continues in a new trial", agent_id, trial_name(own.number),
                  run_dir_of(own))
+    if not sweep.storage:  # a database: Optuna fails dead trials before each ask, below
+        recover_stale(study, storage, sweep, stale_after)
     ran, failures, stop_reason = [], 0, "count reached"
     while count is None or len(ran) < count:
         if own is None:
@@ -87,14 +90,19 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
                 stop_reason = reason
                 break
         own = None  # a requeued agent asks at least once: the run it continues was counted already
-        trial = study.ask(space)
+        if sweep.storage:
+            rdb.fail_stale(study)
+        with rdb.asking():
+            trial = study.ask(space)
         if "resumes" not in trial.user_attrs and spec.run_cap and _new_runs_before(study, trial) >= spec.run_cap:
             # Numbers are handed out atomically by the storage, so this makes run_cap exact.
             set_attr(trial, "error", "discarded: run_cap reached")
             tell(study, trial.number, state=trial_states().FAIL)
             stop_reason = f"run_cap {spec.run_cap} reached"
             break
-        state = _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn or train_trial, heartbeat_s)
+        beat = (rdb.TrialHeartbeat(storage, study, trial.number, heartbeat_s) if sweep.storage
+                else Heartbeat(sweep.trials_dir / run_dir_of(trial) / "heartbeat", heartbeat_s))
+        state = _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn or train_trial, beat)
         ran.append(trial.number)
         failures = failures + 1 if state == "failed" else 0
         if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -107,7 +115,7 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
     return {"agent_id": agent_id, "trials": ran, "stop_reason": stop_reason}
 
 
-def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartbeat_s) -> str:
+def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, beat) -> str:
     from optuna.pruners import NopPruner  # lazy: Optuna, as above
 
     TrialState = trial_states()
@@ -118,7 +126,7 @@ def _run_trial(study, trial, sweep, spec, agent_id, state_path, trial_fn, heartb
                             "host": platform.node(), "pid": os.getpid(),
                             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    with Heartbeat(run_dir / "heartbeat", heartbeat_s):
+    with beat:
         # What a user looks for in the dashboard (inat.sweep.dashboard), beside the trial's values;
         # `state` and the last `epochs` are set as it ends. Each is one locked write to the storage.
         for key, value in (("agent", agent_id), ("run_path", str(run_dir)), ("wandb_run", wandb_run_name(sweep, name))):

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..config import RunConfig
 from ..rundir import RunDir
-from .liveness import STALE_AFTER_S, recover_stale, run_dir_of, stale_trials, superseded
+from . import rdb
+from .liveness import HEARTBEAT_S, STALE_AFTER_S, recover_stale, run_dir_of, stale_trials, superseded
 from .space import decode
 from .spec import SweepSpec
 from .store import Sweep, read_trial, trial_dirs, trial_name
@@ -28,16 +29,21 @@ def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S
     beat (by this node's clock, since judging by the storage's clock would mean writing a probe).
 
     A requeued agent's killed trial has state "superseded" and `superseded_by`, the trial that
-    resumes its run; that one has `resumes`. `run_dir` is the directory under trials/ of each."""
-    storage = storage_for(sweep)
+    resumes its run; that one has `resumes`, and `why` when it was handed on because its agent
+    stopped beating (a database's heartbeat, `inat.sweep.rdb.HandOn`). `run_dir` is the directory
+    under trials/ of each. With a database, Optuna keeps the heartbeats, so no row is `stale_s`."""
+    storage = storage_for(sweep, HEARTBEAT_S if fail_stale else None, stale_after)
     study = open_study(sweep, spec, storage=storage)
     stale: dict[int, float] = {}
-    if fail_stale:
+    if fail_stale and sweep.storage:
+        rdb.fail_stale(study)
+    elif fail_stale:
         recover_stale(study, storage, sweep, stale_after)
-    else:
+    elif not sweep.storage:  # Optuna keeps a database's heartbeats to itself: agents fail those trials
         stale = {t.number: age for t, age in stale_trials(study, sweep, stale_after, now=time.time())}
     trials = study.get_trials(deepcopy=False)
     moved_on = superseded(trials)
+    by_number = {t.number: t for t in trials}
     rows = []
     for t in trials:
         run_name = run_dir_of(t)
@@ -61,6 +67,7 @@ def trial_rows(sweep: Sweep, spec: SweepSpec, stale_after: float = STALE_AFTER_S
             "stale_s": round(stale[t.number]) if t.number in stale else None,
             "resumes": t.user_attrs.get("resumes"), "superseded_by": moved_on.get(t.number),
             **_where(sweep.trials_dir / run_name, _seconds(t.datetime_start, t.datetime_complete)),
+            "why": by_number[moved_on[t.number]].user_attrs.get("why") if t.number in moved_on else None,
         })
     return rows
 

@@ -4,6 +4,7 @@
       sweep.yaml            the sweep file as given (W&B format)
       sweep.json            id, backend, data root, --set values, storage, seed, created
       optuna.journal        the local backend's study (unless --storage names a database)
+      storage-url.secret    --storage's URL with its password, mode 0600 (inat.sweep.rdb)
       trials/<trial>/       one ordinary run directory per trial (see inat.rundir.RUN_FILES)
       agents/<agent>.json   which trial each agent is on, so a requeued agent resumes it
       agents/<agent>.log    agent output when started with --cluster local
@@ -41,7 +42,7 @@ class Sweep:
     backend: str
     data_root: str
     fixed: dict[str, Any] = field(default_factory=dict)  # the --set values every trial shares
-    storage: str | None = None  # an Optuna RDB URL; None = the journal file in dir
+    storage: str | None = None  # an Optuna RDB URL, its password masked (inat.sweep.rdb); None = the journal
     seed: int = 0
     created: str = ""
     wandb_sweep: str | None = None  # entity/project/sweep_id on the W&B server

@@ -2,26 +2,30 @@
 
 Storage: by default a JournalStorage file, SCRATCH/sweeps/<id>/optuna.journal, with Optuna's
 JournalFileOpenLock (an O_EXCL lock file: atomic on NFSv3+, Lustre, GPFS and BeeGFS, and no symlinks,
-which some mounts forbid). `--storage URL` uses an Optuna RDB (PostgreSQL/MySQL) instead. Optuna is
-imported when a study is opened, not with this module.
+which some mounts forbid). `--storage URL` uses an Optuna RDB (MySQL/MariaDB, PostgreSQL) instead,
+opened by `inat.sweep.rdb` (its password, Optuna's heartbeat). Optuna is imported when a study is
+opened, not with this module.
 """
 
 from __future__ import annotations
 
 from ..config import RunConfig
 from ..errors import InatError
+from . import rdb
 from .space import make_pruner, make_sampler, optuna_space
 from .spec import SweepSpec
 from .store import Sweep
 
 
-def storage_for(sweep: Sweep):
+def storage_for(sweep: Sweep, heartbeat_s: float | None = None, stale_after: float | None = None):
+    """The sweep's Optuna storage. For a database, `heartbeat_s` turns Optuna's heartbeat on, with
+    `stale_after` as its grace period (agents, `sweep-status --fail-stale`); the journal ignores both."""
     import optuna  # lazy: Optuna, only when a study is opened
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # lazy: Optuna, as above
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if sweep.storage:
-        return optuna.storages.RDBStorage(sweep.storage, engine_kwargs={"pool_pre_ping": True})
+        return rdb.make_storage(sweep, heartbeat_s, stale_after)
     path = str(sweep.dir / "optuna.journal")
     try:
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))

@@ -50,13 +50,15 @@ BackendOpt = typer.Option(
     "method bayes is TPE in local, a Gaussian process in wandb."
 )
 StorageOpt = typer.Option(
-    None, "--storage", help="Optuna RDB URL (e.g. postgresql://...) instead of the journal file (local backend)."
+    None, "--storage", help="Database URL for the Optuna study instead of the journal file (local backend), e.g. "
+    "mysql://USER:PASSWORD@HOST/DB (pip install '.[mysql]') or postgresql://... ('.[postgres]'). Checked before "
+    "anything is submitted; the password goes only to SWEEP/storage-url.secret (mode 600)."
 )
 SeedOpt = typer.Option(0, "--seed", help="Sampler seed (each agent derives its own from it).")
 StaleOpt = typer.Option(
     STALE_AFTER_S, "--stale-after",
     help=f"Seconds without a heartbeat after which a running trial counts as dead (local backend; at least "
-    f"{MIN_STALE_AFTER_S:.0f}, 3 heartbeat intervals).",
+    f"{MIN_STALE_AFTER_S:.0f}, 3 heartbeat intervals; with --storage, Optuna's grace_period).",
 )
 
 # ---- retraining: retrain-best's options, which `pipeline` takes too ----------------------------------------

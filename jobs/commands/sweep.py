@@ -189,7 +189,7 @@ def sweep_status(
         acc = "-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}"
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
         if r.get("superseded_by") is not None:
-            notes = [f"agent requeued: the run goes on as trial {r['superseded_by']:04d}"]
+            notes = [f"{r.get('why') or 'agent requeued'}: the run goes on as trial {r['superseded_by']:04d}"]
         else:
             notes = [r["error"]] if r.get("error") else []
         if r.get("resumes") is not None:

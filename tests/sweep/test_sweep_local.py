@@ -309,25 +309,33 @@ def test_rdb_storage_url_works_too(tmp_path):
 
 
 def test_requeue_and_stale_trials_with_an_rdb_storage(tmp_path):
-    """Attributes of other agents' trials go through the storage object we built, also for an RDB
-    (which Optuna wraps in a cache of its own)."""
+    """With a database, Optuna's heartbeat (recorded in the database, no heartbeat files) fails a dead
+    agent's trial, and its run goes on in an enqueued trial that resumes it; a requeued agent still
+    hands its own trial on. Attributes of other agents' trials go through the storage object we
+    built (Optuna wraps an RDB in a cache of its own). tests/sweep/test_rdb.py does this on MariaDB."""
     empty_dataset(tmp_path)
     (tmp_path / "s.yaml").write_text(NO_PRUNING)
     sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 3},
                             storage=f"sqlite:///{tmp_path / 'study.db'}")
     create_study(sweep, spec)
-    with pytest.raises(KeyboardInterrupt):
-        run_agent(sweep, "agent-1", count=1, trial_fn=_killed_after(1))
-    study = optuna.load_study(study_name=sweep.id, storage=storage_for(sweep))
-    study.ask()  # trial 1: an agent that died before its first heartbeat
-    time.sleep(0.6)
+    with pytest.raises(KeyboardInterrupt):  # trial 0: its agent dies after 1 epoch and never comes back
+        run_agent(sweep, "agent-1", count=1, trial_fn=_killed_after(1), heartbeat_s=1, stale_after=1)
+    with pytest.raises(KeyboardInterrupt):  # trial 1: its agent dies too, and is requeued at once
+        run_agent(sweep, "agent-2", count=1, trial_fn=_killed_after(2), heartbeat_s=1, stale_after=600)
+    assert not list(sweep.trials_dir.glob("*/heartbeat"))
+    run_agent(sweep, "agent-2", count=1, trial_fn=fake_trial, heartbeat_s=1, stale_after=600)
+    time.sleep(2.5)  # past the grace period, by the database's clock (whole seconds in SQLite)
     names = []
-    run_agent(sweep, "agent-1", count=1, stale_after=0.5, trial_fn=lambda tr: names.append(tr.name) or fake_trial(tr))
+    run_agent(sweep, "agent-3", count=1, stale_after=1, heartbeat_s=1,
+              trial_fn=lambda tr: names.append(tr.name) or fake_trial(tr))
     trials = open_study(sweep, spec).get_trials()
-    assert names == ["0000"]
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
-    assert "superseded" in trials[0].user_attrs["error"] and "no heartbeat" in trials[1].user_attrs["error"]
-    assert trials[2].user_attrs["resumes"] == 0
+    assert names == ["0000"], "the dead trial's run resumed in its own directory"
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[2].user_attrs["resumes"] == 1 and "superseded" in trials[1].user_attrs["error"]
+    assert trials[3].user_attrs["resumes"] == 0 and trials[3].user_attrs["run_dir"] == "0000"
+    assert "no heartbeat for 1 s (agent agent-1 killed?)" == trials[3].user_attrs["why"]
+    rows = {r["number"]: r for r in trial_rows(sweep, spec)}
+    assert rows[0]["state"] == "superseded" and rows[0]["superseded_by"] == 3 and "no heartbeat" in rows[0]["why"]
 
 
 def test_trial_declared_dead_while_alive_stops_and_stays_failed(tmp_path):
