@@ -15,11 +15,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from inat.errors import ConfigError
+from inat.fsutil import read_json, short_lock, write_json
 from inat.sweep import Sweep
 
 AGENT_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -67,14 +69,15 @@ class LocalAgent:
         return f"{self.id} (exit {self.proc.returncode})"
 
 
-def start_local(sweep: Sweep, n: int, count: int | None) -> list[LocalAgent]:
-    """Start agents 0..n-1 of `sweep` as processes of this machine, each running up to `count` trials."""
+def start_local(sweep: Sweep, n: int, count: int | None, first: int = 0) -> list[LocalAgent]:
+    """Start agents first..first+n-1 of `sweep` as processes of this machine, each running up to
+    `count` trials; they are recorded in SWEEP/agents/local.json (`record_local`)."""
     sweep.agents_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     repo = str(Path(__file__).resolve().parents[1])  # so `python -m jobs` works from a checkout too
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
     started = []
-    for i in range(n):
+    for i in range(first, first + n):
         name = agent_id(i)
         cmd = [sys.executable, "-m", "jobs", "agent", "--sweep-id", sweep.id, "--out", str(sweep.scratch_root),
                "--agent-id", name]
@@ -84,7 +87,26 @@ def start_local(sweep: Sweep, n: int, count: int | None) -> list[LocalAgent]:
             started.append(LocalAgent(name, subprocess.Popen(
                 cmd, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True)))
+    record_local(sweep, started)
     return started
+
+
+def local_path(sweep: Sweep) -> Path:
+    return sweep.agents_dir / "local.json"
+
+
+def record_local(sweep: Sweep, started: list[LocalAgent]) -> None:
+    """Add agents to SWEEP/agents/local.json, [{agent, pid, host, started}], the record by which
+    `sweep-stop --now` finds the processes (each leads its own session: pgid = pid)."""
+    host, now = os.uname().nodename, time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with short_lock(sweep.agents_dir / ".local.lock"):
+        known = local_records(sweep)
+        write_json(local_path(sweep), known + [{"agent": a.id, "pid": a.proc.pid, "host": host, "started": now}
+                                               for a in started])
+
+
+def local_records(sweep: Sweep) -> list[dict]:
+    return read_json(local_path(sweep)) if local_path(sweep).is_file() else []
 
 
 def wait(agents: list[LocalAgent], say: Callable[[str], None]) -> list[LocalAgent]:

@@ -118,3 +118,18 @@ def cancel(records: list[dict[str, Any]]) -> None:
     ids = sorted({r["job_id"] for r in records if r.get("cluster", "slurm") == "slurm"})
     if ids and shutil.which("scancel"):
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
+
+def wait_gone(job_ids: Iterable[str], timeout_s: float, poll_s: float = 1.0) -> None:
+    """Wait until squeue lists none of `job_ids` (array ids), COMPLETING included: sacct says CANCELLED
+    at once, while the job's processes may run on for Slurm's KillWait."""
+    wanted = {str(j).split("_")[0] for j in job_ids}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, timeout=30)
+        left = wanted & set(out.stdout.split()) if out.returncode == 0 else wanted
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise InatError(f"job(s) {', '.join(sorted(left))} still in squeue after {timeout_s:.0f} s")
+        time.sleep(poll_s)
