@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from inat.errors import ConfigError, InatError
-from inat.fsutil import read_json, short_lock
+from inat.fsutil import read_json, short_lock, write_json
 from inat.sweep import Sweep
 from inat.sweep.liveness import stop_running
 from inat.sweep.local import finished_reason
@@ -174,6 +174,24 @@ def _local_agent_alive(sw: Sweep, rec: dict[str, Any]) -> bool:
     return state != "Z" and sw.id in argv and rec.get("agent") in argv
 
 
+def hold_pipeline(sw: Sweep, agents_job: str) -> bool:
+    """A pipeline's retraining waits (afterany) for the agents submitted with it: make it wait for
+    added ones too, while it is still pending, and note it in pipeline.json. False if there is no
+    such pipeline stage or it already started."""
+    from .pipeline import load_record, pipeline_dir  # lazy: submitit, through jobs.tasks
+
+    record = load_record(sw.scratch_root, sw.id)
+    train = next((s for s in (record or {}).get("stages", []) if s.get("stage") == "train"), None)
+    if train is None or train.get("cluster", "slurm") != "slurm":
+        return False
+    dependency = f"{train.get('dependency') or 'afterany'}:{agents_job}"
+    if not jobstate.set_dependency(train["job_id"], dependency):
+        return False
+    train["dependency"] = dependency
+    write_json(pipeline_dir(sw.scratch_root, sw.id) / "pipeline.json", record)
+    return True
+
+
 # ---- the controls -------------------------------------------------------------------------------------
 
 
@@ -207,7 +225,8 @@ def resume(sw: Sweep) -> bool:
 
 
 def add_agents(sw: Sweep, n: int) -> dict[str, Any]:
-    """add-agents: n more agents, started as the launch started them; returns {cluster, agents, job_ids}."""
+    """add-agents: n more agents, started as the launch started them; returns {cluster, agents, job_ids,
+    pipeline_held (whether a pending pipeline retraining now waits for them too)}."""
     check_count(n)
     launch = sw.launch
     if not launch:
@@ -223,9 +242,11 @@ def add_agents(sw: Sweep, n: int) -> dict[str, Any]:
         first = next_agent_index(sw)
         ids = [local_agents.agent_id(i) for i in range(first, first + n)]
         if launch.get("cluster") == "slurm":
-            job_ids = submit_more_agents(sw.dir, first, n, trials, launch_profile(sw)).task_ids
+            sub = submit_more_agents(sw.dir, first, n, trials, launch_profile(sw))
+            job_ids = sub.task_ids
+            held = hold_pipeline(sw, sub.job_id)
         else:
-            job_ids = [str(a.proc.pid) for a in local_agents.start_local(sw, n, trials, first=first)]
+            job_ids, held = [str(a.proc.pid) for a in local_agents.start_local(sw, n, trials, first=first)], False
         sw.launch = {**launch, "agents": first + n}
         sw.save()
-    return {"cluster": launch.get("cluster"), "agents": ids, "job_ids": job_ids}
+    return {"cluster": launch.get("cluster"), "agents": ids, "job_ids": job_ids, "pipeline_held": held}

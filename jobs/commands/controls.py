@@ -75,7 +75,7 @@ def add_agents(
     sweep_id: str = SweepIdArg,
     agents: int = typer.Option(..., "--agents", "-n", help="Number of agents to add."),
     out: Optional[Path] = OutOpt,
-    json_: bool = typer.Option(False, "--json", help="Print one JSON object {sweep_id, cluster, agents, job_ids}."),
+    json_: bool = typer.Option(False, "--json", help="Print one JSON object {sweep_id, cluster, agents, job_ids, pipeline_held}."),
 ) -> None:
     """Start N more agents on a sweep, as its launch did: the same cluster, profile, image and trials per
     agent, read from SCRATCH/sweeps/ID/sweep.json. They get new ids (agent-<i> after the last one).
@@ -91,4 +91,6 @@ def add_agents(
     what = "job id(s)" if result["cluster"] == "slurm" else "pid(s)"
     typer.echo(f"sweep {sw.id}: added {len(result['agents'])} {result['cluster']} agent(s) "
                f"{', '.join(result['agents'])}: {what} {', '.join(result['job_ids'])}")
+    if result["pipeline_held"]:
+        typer.echo(f"pipeline {sw.id}: its retraining now waits for these agents too")
     typer.echo(f"watch:   inat-jobs sweep-status {sw.id}" + (f" --out {sw.scratch_root}" if out else ""))

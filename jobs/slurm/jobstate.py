@@ -133,3 +133,16 @@ def wait_gone(job_ids: Iterable[str], timeout_s: float, poll_s: float = 1.0) -> 
         if time.monotonic() > deadline:
             raise InatError(f"job(s) {', '.join(sorted(left))} still in squeue after {timeout_s:.0f} s")
         time.sleep(poll_s)
+
+
+def set_dependency(job_id: str, dependency: str) -> bool:
+    """Replace the dependency of job `job_id` (an sbatch --dependency string) while it is pending;
+    False if it is not pending any more (it started or ended: nothing to hold back) or Slurm refused."""
+    shown = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                           timeout=30)
+    fields = dict(f.split("=", 1) for f in shown.stdout.split() if "=" in f)
+    if shown.returncode != 0 or fields.get("JobState") != "PENDING":
+        return False
+    done = subprocess.run(["scontrol", "update", f"JobId={job_id}", f"Dependency={dependency}"],
+                          capture_output=True, text=True, timeout=30)
+    return done.returncode == 0

@@ -148,6 +148,54 @@ def test_stop_now_ends_local_agents_and_their_trials_resume_later(tmp_path):
         t.user_attrs["run_dir"] for t in waiting}
 
 
+def test_a_stopped_run_waiting_at_run_cap_still_resumes_and_keeps_the_sweep_open(tmp_path):
+    from inat.sweep.liveness import stop_running
+    from inat.sweep.study import storage_for
+
+    sweep = make_sweep(tmp_path, LOCAL_CAPPED, {"epochs": 2})
+    run_agent(sweep, "agent-0", count=1, trial_fn=fake_trial)
+    storage = storage_for(sweep)
+    study = open_study(sweep, sweep.spec(), storage=storage)
+    killed = study.ask()  # what an agent killed by sweep-stop --now leaves: a RUNNING trial of its own
+    killed.set_user_attr("agent", "agent-1")
+    assert stop_running(study, storage, sweep, {"agent-1"}, "superseded: stopped by sweep-stop --now") == [1]
+    controls.check_open(sweep)  # run_cap 2 is reached, but a run waits to be resumed: not finished
+    resumed = run_agent(sweep, "agent-2", count=5, trial_fn=fake_trial)
+    assert resumed["trials"] == [2] and "run_cap 2" in resumed["stop_reason"]
+    assert trials_of(sweep)[2].user_attrs == {"run_dir": "0001", "resumes": 1, "agent": "agent-2"}
+    with pytest.raises(Exception, match="is finished"):
+        controls.check_open(sweep)
+
+
+def test_stop_now_of_a_wandb_sweep_ends_its_local_agents(tmp_path):
+    sweep = make_sweep(tmp_path)
+    sweep.backend, sweep.wandb_sweep = "wandb", "me/proj/abc123"
+    sweep.save()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", sweep.id, "agent-0"],
+                               start_new_session=True)
+    local_agents.record_local(sweep, [local_agents.LocalAgent("agent-0", sleeper)])
+    try:
+        result = cli("sweep-stop", sweep.id, "--now", "--out", str(sweep.scratch_root))
+        assert result.returncode == 0, result.stderr
+        assert sleeper.wait(5) == -15 and "agents ended: agent-0" in result.stdout
+    finally:
+        sleeper.kill()
+    assert not sweep.stop_path.exists()  # W&B's agents do not read it: the server hands out the runs
+
+
+def test_a_reused_pid_is_not_signalled(tmp_path):
+    """The record names a pid; after the agent exits, the pid may belong to anything: it must name
+    the sweep and the agent on its command line to be signalled."""
+    sweep = make_sweep(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    local_agents.record_local(sweep, [local_agents.LocalAgent("agent-0", other)])
+    try:
+        assert controls.kill_local(sweep, print) == set()
+        assert other.poll() is None
+    finally:
+        other.kill()
+
+
 # ---- the launch record ---------------------------------------------------------------------------------
 
 

@@ -123,3 +123,40 @@ def test_stop_resume_and_add_agents_on_slurm(tmp_path, demo_data):
         assert epochs == list(range(1, 31)), (name, epochs)
     assert {p.name.split(".")[0] for p in sweep.agents_dir.glob("*.attempts.json")} == {
         "agent-0", "agent-1", "agent-2", "agent-3"}
+
+
+@pytest.mark.slurm
+def test_agents_added_to_a_pipeline_hold_back_its_retraining(tmp_path, demo_data):
+    """A pipeline's retraining starts after its agents (afterany): agents added while it is still
+    pending are added to its dependency, so it ranks their trials too."""
+    import subprocess
+
+    from jobs.slurm.profile import slurm_available
+
+    ok, why = slurm_available(timeout=10)
+    require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
+    (tmp_path / "s.yaml").write_text(SPEC)
+    out = ["--out", str(tmp_path / "scratch")]
+    env = {"INAT_CLUSTER_PROFILE": str(CI_PROFILE)}
+    piped = cli("pipeline", "--sweep", str(tmp_path / "s.yaml"), "--cluster", "slurm", "--agents", "1",
+                "--trials-per-agent", "1", "--top-k", "1", "--data", str(demo_data), *out, *SLURM_TINY, "--json",
+                env=env)
+    assert piped.returncode == 0, piped.stderr
+    record = json.loads(piped.stdout)
+    ours = {t.split("_")[0] for ids in record["job_ids"].values() for t in ids}
+    try:
+        added = cli("add-agents", record["sweep_id"], "--agents", "1", *out, "--json")
+        assert added.returncode == 0, added.stderr
+        result = json.loads(added.stdout)
+        new_job = result["job_ids"][0].split("_")[0]
+        ours.add(new_job)
+        assert result["pipeline_held"] is True
+        train = record["job_ids"]["train"][0].split("_")[0]
+        shown = subprocess.run(["scontrol", "show", "job", "-o", train], capture_output=True, text=True).stdout
+        dependency = next(f for f in shown.split() if f.startswith("Dependency="))
+        assert f"{new_job}_" in dependency or f":{new_job}" in dependency, dependency
+        stage = next(s for s in read_json(tmp_path / "scratch" / "pipelines" / record["sweep_id"] / "pipeline.json")
+                     ["stages"] if s["stage"] == "train")
+        assert stage["dependency"].endswith(f":{new_job}")
+    finally:
+        subprocess.run(["scancel", *sorted(ours)], capture_output=True)
