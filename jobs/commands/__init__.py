@@ -6,8 +6,9 @@
   figures    visualize, sweep-report, report
   sweep      launch-sweep, agent, sweep-status
   cluster    retrain-best, pipeline, status, collect
+  controls   sweep-stop, sweep-resume, add-agents
   options    the typer options several commands take
 
 A command module imports no other command module; what two of them share lives beside them in
-`jobs` (launch, agents, collect, pipeline, slurm) or in `inat`.
+`jobs` (launch, agents, controls, collect, pipeline, slurm) or in `inat`.
 """

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from inat import layout
+from inat.errors import ConfigError
 from inat.sweep import load_sweep
 
 from .. import controls
@@ -38,6 +39,8 @@ def sweep_stop(
 
     Example: inat-jobs sweep-stop 20261202-014000-ab12 --now
     """
+    if not timeout > 0:  # NaN too
+        raise ConfigError(f"--timeout {timeout:g}: expected a number of seconds > 0")
     sw = load_sweep(layout.scratch_root(out), sweep_id)
     say = (lambda _: None) if json_ else typer.echo
     result = controls.stop(sw, now, say, timeout)
