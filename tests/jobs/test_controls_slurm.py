@@ -79,6 +79,7 @@ def test_stop_resume_and_add_agents_on_slurm(tmp_path, demo_data):
     for t in trials:  # any other trial was asked for after the stop and handed on untrained
         assert t in trained or "stopped before it trained" in t.user_attrs.get("error", ""), t
     first_count = len([t for t in trials if t.state == TrialState.COMPLETE])
+    untrained = len(trials) - len(trained)
     assert 1 <= first_count < 4  # the two agents were allowed two each: the stop cut them short
     for agent in ("agent-0", "agent-1"):
         log = read_json(sweep.agents_dir / f"{agent}.attempts.json")
@@ -123,6 +124,9 @@ def test_stop_resume_and_add_agents_on_slurm(tmp_path, demo_data):
         assert epochs == list(range(1, 31)), (name, epochs)
     assert {p.name.split(".")[0] for p in sweep.agents_dir.glob("*.attempts.json")} == {
         "agent-0", "agent-1", "agent-2", "agent-3"}
+    print(f"\nsweep controls on Slurm: stop: {first_count} trial(s) finished, none trained after it, "
+          f"{untrained} asked while stopping and handed on untrained; --now at epoch {epochs_at_stop}/30; "
+          f"{len(done)} finished at the end, {len(trials)} Optuna trials")
 
 
 @pytest.mark.slurm
