@@ -45,8 +45,10 @@ RUN_FILES = {
 HISTORY_FIELDS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
 
 
+# run.json status -> the state sweep-status, reports and collect show. "interrupted": a trial
+# `sweep-stop --now` cancelled, which a later agent resumes.
 STATES = {"completed": "finished", "pruned": "pruned", "stopped": "pruned", "failed": "failed",
-          "running": "running"}  # run.json status -> the state sweep-status, reports and collect show
+          "running": "running", "interrupted": "interrupted"}
 
 
 def parse_rows(rows: Sequence[Sequence[str]]) -> list[dict[str, float]]:

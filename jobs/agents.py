@@ -17,12 +17,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from inat.devices import THREADS_ENV
 from inat.errors import ConfigError
+from inat.fsutil import read_json, short_lock, write_json
 from inat.sweep import Sweep
 
 from .gpus import job_cpus
@@ -72,11 +74,14 @@ class LocalAgent:
         return f"{self.id} (exit {self.proc.returncode})"
 
 
-def start_local(sweep: Sweep, n: int, count: int | None) -> list[LocalAgent]:
-    """Start agents 0..n-1 of `sweep` as processes of this machine, each running up to `count` trials
-    with its share of the CPUs (`jobs.gpus.job_cpus` / n threads)."""
+def start_local(sweep: Sweep, n: int, count: int | None, first: int = 0) -> list[LocalAgent]:
+    """Start agents first..first+n-1 of `sweep` as processes of this machine, each running up to
+    `count` trials with its share of the CPUs (`jobs.gpus.job_cpus` / n threads); they are recorded
+    in SWEEP/agents/local.json (`record_local`)."""
     threads = {THREADS_ENV: str(max(1, job_cpus() // n))}
-    return start_agents(sweep, [agent_id(i) for i in range(n)], [count] * n, [threads] * n)
+    started = start_agents(sweep, [agent_id(i) for i in range(first, first + n)], [count] * n, [threads] * n)
+    record_local(sweep, started)
+    return started
 
 
 def start_agents(sweep: Sweep, names: list[str], counts: list[int | None], envs: list[dict[str, str]],
@@ -108,6 +113,24 @@ def stop(agents: list[LocalAgent]) -> None:
         if agent.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(agent.proc.pid, signal.SIGTERM)
+
+
+def local_path(sweep: Sweep) -> Path:
+    return sweep.agents_dir / "local.json"
+
+
+def record_local(sweep: Sweep, started: list[LocalAgent]) -> None:
+    """Add agents to SWEEP/agents/local.json, [{agent, pid, host, started}], the record by which
+    `sweep-stop --now` finds the processes (each leads its own session: pgid = pid)."""
+    host, now = os.uname().nodename, time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with short_lock(sweep.agents_dir / ".local.lock"):
+        known = local_records(sweep)
+        write_json(local_path(sweep), known + [{"agent": a.id, "pid": a.proc.pid, "host": host, "started": now}
+                                               for a in started])
+
+
+def local_records(sweep: Sweep) -> list[dict]:
+    return read_json(local_path(sweep)) if local_path(sweep).is_file() else []
 
 
 def wait(agents: list[LocalAgent], say: Callable[[str], None]) -> list[LocalAgent]:

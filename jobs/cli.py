@@ -16,7 +16,7 @@ from inat.errors import InatError
 
 from . import quiet
 from .app import app
-from .commands import cluster, dashboard, data, figures, run, sweep, sync  # noqa: F401 (they register the commands)
+from .commands import cluster, controls, dashboard, data, figures, run, sweep, sync  # noqa: F401 (they register the commands)
 
 
 def main() -> None:

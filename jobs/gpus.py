@@ -56,16 +56,18 @@ def job_cpus() -> int:
 
 @dataclass(frozen=True)
 class JobAgents:
-    """The agents of a sweep's agent array: `total` in all, `per_job` in each array task."""
+    """The agents of one agent array of a sweep: `total` in all, `per_job` in each array task,
+    numbered from `first` (`add-agents` continues after the sweep's existing agents)."""
 
     total: int
     per_job: int = 1
     agents_per_gpu: int = 1
     gpus_per_trial: int = 1
+    first: int = 0
 
     @classmethod
-    def for_profile(cls, total: int, profile) -> "JobAgents":
-        return cls(total, agents_per_job(profile), profile.agents_per_gpu, profile.gpus_per_trial)
+    def for_profile(cls, total: int, profile, first: int = 0) -> "JobAgents":
+        return cls(total, agents_per_job(profile), profile.agents_per_gpu, profile.gpus_per_trial, first)
 
     @property
     def tasks(self) -> int:
@@ -73,8 +75,8 @@ class JobAgents:
 
     def indices(self, task: int) -> list[int]:
         """The agent numbers array task `task` runs (its agent ids: `jobs.agents.agent_id(i)`)."""
-        first = task * self.per_job
-        return list(range(first, min(first + self.per_job, self.total)))
+        start = self.first + task * self.per_job
+        return list(range(start, min(start + self.per_job, self.first + self.total)))
 
     def environments(self, n: int, gpus: list[str] | None = None, cpus: int | None = None) -> list[dict[str, str]]:
         """The environment of each of `n` agents of one job: its GPUs, its memory and thread limits."""

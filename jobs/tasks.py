@@ -91,28 +91,34 @@ def _slurm_job_id() -> str | None:
 
 
 class _Recorded(Checkpointable):
-    """A checkpointable task that notes each attempt and its end in `self._attempts` (a JSON file)."""
+    """A checkpointable task that notes each attempt and its end in `self._attempts` (JSON files:
+    one, or one per agent of a job that runs several)."""
 
-    _attempts: Path | None = None
+    _attempts: list[Path] = []
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         # In a container the signal can come twice (srun and apptainer both forward it): log once.
-        if self._attempts is not None and not getattr(self, "_signalled", False):
+        if self._attempts and not getattr(self, "_signalled", False):
             self._signalled = True
-            record_attempt(self._attempts, "signalled (time-out or preemption): requeued")
+            for path in self._attempts:
+                record_attempt(path, "signalled (time-out or preemption): requeued")
             log.warning("time-out or preemption signal: requeueing; the run resumes at its last "
                         "finished epoch")
         return super().checkpoint(*args, **kwargs)
 
-    def _run(self, attempts: Path, fn, *args, run_dir: Path | None = None):
-        self._attempts, self._signalled = attempts, False
-        record_attempt(attempts, run_dir=run_dir)
+    def _run(self, attempts: Path | list[Path], fn, *args, run_dir: Path | None = None):
+        self._attempts = [attempts] if isinstance(attempts, Path) else list(attempts)
+        self._signalled = False
+        for path in self._attempts:
+            record_attempt(path, run_dir=run_dir)
         try:
             result = fn(*args)
         except Exception as exc:
-            record_attempt(attempts, f"failed: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
+            for path in self._attempts:
+                record_attempt(path, f"failed: {(str(exc).splitlines() or [type(exc).__name__])[0]}")
             raise
-        record_attempt(attempts, "completed")
+        for path in self._attempts:
+            record_attempt(path, "completed")
         return result
 
 
@@ -214,11 +220,10 @@ class AgentTask(_Recorded):
         plan = plan or JobAgents(total=index + 1)
         names = [agent_id(i) for i in plan.indices(index)]
         sweep.agents_dir.mkdir(parents=True, exist_ok=True)
+        attempts = [sweep.agents_dir / f"{name}.attempts.json" for name in names]  # one file per agent
         if len(names) == 1:  # in this process: the job's GPUs (CUDA_VISIBLE_DEVICES) are all its own
-            return self._run(sweep.agents_dir / f"{names[0]}.attempts.json", _agent, sweep, names[0], trials,
-                             plan.gpus_per_trial)
-        return self._run(sweep.agents_dir / f"job-{index}.attempts.json", self._agents, sweep, names, trials,
-                         plan)
+            return self._run(attempts, _agent, sweep, names[0], trials, plan.gpus_per_trial)
+        return self._run(attempts, self._agents, sweep, names, trials, plan)
 
     def _agents(self, sweep, names: list[str], trials: int | None, plan: JobAgents) -> dict:
         gpus = visible_gpus()

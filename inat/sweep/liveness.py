@@ -142,7 +142,7 @@ def own_unfinished(study, state_path: Path):
     return frozen
 
 
-def requeue(study, storage, frozen, agent_id: str) -> None:
+def requeue(study, storage, frozen, agent_id: str, reason: str | None = None) -> None:
     """Hand the run of `frozen`, this requeued agent's killed trial, on to a new trial.
 
     The new trial is enqueued first, so a kill in between loses nothing (the next attempt finds it
@@ -156,10 +156,32 @@ def requeue(study, storage, frozen, agent_id: str) -> None:
     if not pending:
         study.enqueue_trial(dict(frozen.params), user_attrs={"run_dir": run_dir_of(frozen),
                                                              "resumes": frozen.number})
-    set_frozen_attr(storage, study, frozen.number, "error",
+    set_frozen_attr(storage, study, frozen.number, "error", reason or
                     f"superseded: agent {agent_id} was requeued and resumes this run in a new trial")
     set_frozen_attr(storage, study, frozen.number, "state", "superseded")
     tell(study, frozen.number, state=TrialState.FAIL)
+
+
+def stop_running(study, storage, sweep: Sweep, agents: set[str], reason: str) -> list[int]:
+    """Make the RUNNING trials of `agents`, whose processes are gone (`sweep-stop --now` killed them),
+    resumable: each is handed on with `requeue`, so the next agent to ask resumes its run. A trial
+    counts as theirs by its `agent` attribute or by the agent's own record (agents/<id>.json), which
+    is written before the attribute. Returns the numbers of the trials handed on."""
+    TrialState = trial_states()
+    mine = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("agent") in agents}
+    for agent in agents:
+        path = sweep.agents_dir / f"{agent}.json"
+        number = read_json(path).get("trial") if path.is_file() else None
+        if number is not None:
+            mine.add(number)
+    handed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.number in mine:
+            requeue(study, storage, t, t.user_attrs.get("agent", "?"), reason)
+            mark_run(sweep.trials_dir / run_dir_of(t), "interrupted", stopped_by="sweep-stop --now")
+            handed.append(t.number)
+    return handed
 
 
 def tell(study, number: int, value: float | None = None, state=None) -> None:

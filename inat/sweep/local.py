@@ -85,15 +85,22 @@ def run_agent(sweep: Sweep, agent_id: str, count: int | None = None, stale_after
     ran, failures, stop_reason = [], 0, "count reached"
     while count is None or len(ran) < count:
         if own is None:
-            reason = _sweep_done(study, spec)
+            reason = _sweep_done(study, spec) or _stopped(sweep)
             if reason:
                 stop_reason = reason
                 break
-        own = None  # a requeued agent asks at least once: the run it continues was counted already
+        requeued, own = own is not None, None  # a requeued agent asks at least once (its run goes on)
         if sweep.storage:
             rdb.fail_stale(study)
         with rdb.asking():
             trial = study.ask(space)
+        if not requeued and _stopped(sweep):
+            # Stopped while this agent asked: hand the untrained trial on, as a requeue does, so that
+            # no trial starts after the stop and none is lost (nor counted twice against run_cap).
+            requeue(study, storage, _frozen(study, trial.number), agent_id, "superseded: the sweep was "
+                    "stopped before it trained; it runs in a new trial when agents take trials again")
+            stop_reason = _stopped(sweep)
+            break
         if "resumes" not in trial.user_attrs and spec.run_cap and _new_runs_before(study, trial) >= spec.run_cap:
             # Numbers are handed out atomically by the storage, so this makes run_cap exact.
             set_attr(trial, "error", "discarded: run_cap reached")
@@ -238,12 +245,30 @@ def _end(study, trial, state_name: str, epochs: int | None = None, value: float 
     if epochs is not None:
         set_attr(trial, "epochs", epochs)
     tell(study, trial.number, value, state=state)
+def _stopped(sweep: Sweep) -> str | None:
+    request = sweep.stop_request()
+    return f"sweep stopped at {request.get('stopped', '?')} (sweep-stop)" if request else None
+
+
+def _frozen(study, number: int):
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def finished_reason(sweep: Sweep) -> str | None:
+    """Why no agent would take another trial of `sweep` (run_cap reached, grid exhausted, metric
+    target met) once its running trials end; None while there is work left, or a trial is running."""
+    study = open_study(sweep, sweep.spec())
+    if any(t.state == trial_states().RUNNING for t in study.get_trials(deepcopy=False)):
+        return None
+    return _sweep_done(study, sweep.spec())
 
 
 def _sweep_done(study, spec: SweepSpec) -> str | None:
     from optuna.samplers import GridSampler  # lazy: Optuna, when an agent runs
 
     trials = study.get_trials(deepcopy=False)
+    if any(t.state == trial_states().WAITING for t in trials):
+        return None  # a stopped or requeued trial's run waits to be resumed: the next ask takes it
     if spec.run_cap and sum(1 for t in trials if "resumes" not in t.user_attrs) >= spec.run_cap:
         return f"run_cap {spec.run_cap} reached"
     if isinstance(study.sampler, GridSampler) and study.sampler.is_exhausted(study):

@@ -8,6 +8,9 @@
       trials/<trial>/       one ordinary run directory per trial (see inat.rundir.RUN_FILES)
       agents/<agent>.json   which trial each agent is on, so a requeued agent resumes it
       agents/<agent>.log    agent output when started with --cluster local
+      agents/local.json     the local agents' processes (pid, host), so sweep-stop --now finds them
+      jobs.json             the Slurm jobs submitted for it (agents, retraining)
+      stop.json             the stop flag of `inat-jobs sweep-stop`: agents take no new trial while it is there
       best_config.yaml      written by `inat-jobs sweep-status`
 
 Trial results are read from the run directories (config.yaml, run.json, history.csv), which both
@@ -46,6 +49,10 @@ class Sweep:
     seed: int = 0
     created: str = ""
     wandb_sweep: str | None = None  # entity/project/sweep_id on the W&B server
+    # How its agents were started (cluster, agents, trials_per_agent, the resolved cluster profile),
+    # so that add-agents starts more the same way; written by the launcher, opaque here. No secrets:
+    # the profile refuses WANDB_API_KEY, and the environment is not recorded.
+    launch: dict[str, Any] | None = None
 
     @property
     def spec_path(self) -> Path:
@@ -62,6 +69,34 @@ class Sweep:
     @property
     def scratch_root(self) -> Path:
         return layout.root_of(self.dir)
+
+    @property
+    def stop_path(self) -> Path:
+        return self.dir / "stop.json"
+
+    def stop_request(self) -> dict[str, Any] | None:
+        """The stop flag's record if `sweep-stop` set it, else None. Agents read it before each new
+        trial; a damaged flag still stops them (it was there to stop them)."""
+        if not self.stop_path.is_file():
+            return None
+        try:
+            found = read_json(self.stop_path)
+        except InatError:
+            return {"stopped": "?", "now": False}
+        return found if isinstance(found, dict) else {"stopped": "?", "now": False}
+
+    def request_stop(self, now: bool) -> dict[str, Any]:
+        record = {"stopped": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "now": now, "host": os.uname().nodename}
+        write_json(self.stop_path, record)
+        return record
+
+    def clear_stop(self) -> bool:
+        """Remove the stop flag; False if there was none."""
+        try:
+            self.stop_path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def spec(self) -> SweepSpec:
         return load_spec(self.spec_path, self.fixed)

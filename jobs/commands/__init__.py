@@ -8,8 +8,9 @@
   cluster    retrain-best, pipeline, status, collect
   dashboard  dashboard
   sync       sync (offline W&B runs, uploaded while they train)
+  controls   sweep-stop, sweep-resume, add-agents
   options    the typer options several commands take
 
 A command module imports no other command module; what two of them share lives beside them in
-`jobs` (launch, agents, collect, pipeline, slurm) or in `inat`.
+`jobs` (launch, agents, controls, collect, pipeline, slurm) or in `inat`.
 """

@@ -16,6 +16,7 @@ from inat.errors import ConfigError, InatError
 from inat.figures import WHAT, parse_what
 from inat.sweep import best_configs, load_sweep
 
+from .. import controls
 from ..app import app
 from ..collect import collect as do_collect
 from ..collect import recent, resolve
@@ -167,6 +168,7 @@ def pipeline(
             typer.echo(json.dumps({"dry_run": True, "cluster": where, "submissions": dry.shown}))
         return
     say(f"pipeline {sw.id}: {agents} agent(s) on a {spec.method} sweep, then top {top_k} x {seeds} seed(s)")
+    controls.record_launch(sw, where, agents, trials_per_agent, prof)
     if where == "slurm":
         try:
             record = pl.submit_pipeline(sw, prof, options)

@@ -22,6 +22,7 @@ from inat.sweep.local import run_agent, train_trial
 from inat.sweep.status import run_dir_rows, trial_rows
 
 from .. import agents as local_agents
+from .. import controls
 from ..app import app
 from ..launch import check_bounded, create_sweep
 from ..slurm import jobstate
@@ -80,6 +81,7 @@ def launch_sweep(
     say(f"sweep {sw.id}: {backend} backend, {spec.method} search on {spec.metric} ({spec.goal})")
     if backend == "wandb":
         say(f"W&B sweep: {sw.wandb_sweep}")
+    controls.record_launch(sw, cluster, agents, trials_per_agent, profile)
     if cluster == "slurm":
         try:
             job_ids = submit_agents(sw.dir, agents, trials_per_agent, profile=profile)
@@ -172,11 +174,15 @@ def sweep_status(
         best_out = {"trial": top.trial, "metric": top.metric, "value": top.value, "epoch": top.epoch,
                     "val_accuracy": top.val_accuracy, "config": top.config.to_dict(),
                     "config_path": _save_best_config(sw.dir / "best_config.yaml", top.config)}
+    stopped = sw.stop_request()
     if json_:
         total = jobstate.total_cost(rows, ("cpu_hours", "gpu_hours")) if costed else None
         typer.echo(json.dumps({"sweep_id": sw.id, "backend": sw.backend, "dir": str(sw.dir), "counts": dict(counts),
-                               "trials": rows, "total": total, "best": best_out}, default=str))
+                               "trials": rows, "total": total, "best": best_out, "stopped": stopped}, default=str))
         return
+    if stopped:
+        typer.echo(f"stopped at {stopped.get('stopped', '?')} (sweep-stop): agents take no new trial; "
+                   f"inat-jobs sweep-resume {sw.id}")
     states = ("running", "finished", "pruned", "failed", *(s for s in ("superseded",) if counts.get(s)))
     typer.echo(f"sweep {sw.id} ({sw.backend}, {spec.method} on {spec.metric}, {spec.goal}): {len(rows)} trial(s): "
                + ", ".join(f"{counts.get(s, 0)} {s}" for s in states))
@@ -189,7 +195,9 @@ def sweep_status(
         acc = "-" if r["best_val_accuracy"] is None else f"{r['best_val_accuracy']:.4f}"
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in r["params"].items())
         if r.get("superseded_by") is not None:
-            notes = [f"{r.get('why') or 'agent requeued'}: the run goes on as trial {r['superseded_by']:04d}"]
+            why = r.get("why") or ("agent requeued" if (r.get("error") or "").startswith("superseded: agent")
+                                   else "stopped")
+            notes = [f"{why}: the run goes on as trial {r['superseded_by']:04d}"]
         else:
             notes = [r["error"]] if r.get("error") else []
         if r.get("resumes") is not None:

@@ -2,7 +2,7 @@
 
   profile    cluster profiles, the Slurm-or-local choice, and the one place executors are built
   submit     calls -> one array job per stage (or, locally, in this process), recorded on scratch
-  jobstate   job states from Slurm's accounting (sacct)
+  jobstate   job states from Slurm's accounting (sacct); cancelling, waiting, dependencies of pending jobs
 
 Exports the names the commands use; submitit is imported only when an executor is built.
 """

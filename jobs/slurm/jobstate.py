@@ -183,3 +183,31 @@ def cancel(records: list[dict[str, Any]]) -> None:
     ids = sorted({r["job_id"] for r in records if r.get("cluster", "slurm") == "slurm"})
     if ids and shutil.which("scancel"):
         subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
+
+def wait_gone(job_ids: Iterable[str], timeout_s: float, poll_s: float = 1.0) -> None:
+    """Wait until squeue lists none of `job_ids` (array ids), COMPLETING included: sacct says CANCELLED
+    at once, while the job's processes may run on for Slurm's KillWait."""
+    wanted = {str(j).split("_")[0] for j in job_ids}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = subprocess.run(["squeue", "-h", "-o", "%F"], capture_output=True, text=True, timeout=30)
+        left = wanted & set(out.stdout.split()) if out.returncode == 0 else wanted
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise InatError(f"job(s) {', '.join(sorted(left))} still in squeue after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
+def set_dependency(job_id: str, dependency: str) -> bool:
+    """Replace the dependency of job `job_id` (an sbatch --dependency string) while it is pending;
+    False if it is not pending any more (it started or ended: nothing to hold back) or Slurm refused."""
+    shown = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                           timeout=30)
+    fields = dict(f.split("=", 1) for f in shown.stdout.split() if "=" in f)
+    if shown.returncode != 0 or fields.get("JobState") != "PENDING":
+        return False
+    done = subprocess.run(["scontrol", "update", f"JobId={job_id}", f"Dependency={dependency}"],
+                          capture_output=True, text=True, timeout=30)
+    return done.returncode == 0

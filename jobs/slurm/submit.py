@@ -156,6 +156,22 @@ def submit_agents(sweep_dir: Path, n_agents: int, trials_per_agent: int | None, 
     return sub.task_ids
 
 
+def submit_more_agents(sweep_dir: Path, first: int, n_agents: int, trials_per_agent: int | None,
+                       profile: ClusterProfile, dry_run: DryRun | None = None) -> Submitted:
+    """`add-agents`: agents first..first+n-1 (ids agent-<i>, after the sweep's existing ones) as one
+    more array job, beside the first in the sweep's job folder and recorded in its jobs.json."""
+    from ..tasks import AgentTask  # lazy: submitit
+
+    sweep_dir = Path(sweep_dir)
+    folder = layout.jobs_dir(layout.root_of(sweep_dir)) / sweep_dir.name / "agent"
+    plan = JobAgents.for_profile(n_agents, profile.for_stage("agent"), first)
+    calls = [(AgentTask(), (sweep_dir, i, trials_per_agent, plan)) for i in range(plan.tasks)]
+    sub = submit_calls("agent", calls, profile, folder, dry_run=dry_run)
+    if dry_run is None:
+        add_records(sweep_dir / "jobs.json", [sub])
+    return sub
+
+
 def submit_group(stage: str, calls: Sequence[Call], runs: Sequence[Path],
                  profile: ClusterProfile, dry_run: DryRun | None = None) -> tuple[str, Submitted]:
     """Submit test/visualize tasks for given runs as one array; recorded in SCRATCH/jobs/<id>/jobs.json.
