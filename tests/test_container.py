@@ -211,3 +211,22 @@ def test_host_environment_in_the_image(image):
                        env={"APPTAINERENV_WANDB_API_KEY": "explicit-key"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("explicit-key None ") and "/tmp/wanted" in result.stdout
+
+
+@pytest.mark.gpu_image
+def test_gpu_image_has_a_cuda_build_and_no_gpu_is_no_error():
+    """containers/build.sh --gpu (Debian bootstrap + `.[gpu]`): TensorFlow imports, was built with CUDA,
+    finds its CUDA libraries in the image, and on a machine without a GPU reports none, without error."""
+    from conftest import GPU_IMAGE_ENV
+
+    image = os.environ[GPU_IMAGE_ENV]
+    require(shutil.which("apptainer") is not None, "needs apptainer (scripts/apptainer/install.sh)")
+    code = ("import json, tensorflow as tf; info = tf.sysconfig.get_build_info(); "
+            "print(json.dumps({'cuda': tf.test.is_built_with_cuda(), 'cuda_version': info.get('cuda_version'), "
+            "'cudnn_version': info.get('cudnn_version'), 'gpus': len(tf.config.list_physical_devices('GPU'))}))")
+    out = subprocess.run(["apptainer", "exec", "--nv", image, "python", "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["cuda"] is True and found["cuda_version"] and found["cudnn_version"], found
+    assert found["gpus"] == 0, found
