@@ -191,3 +191,20 @@ def test_config_keys_spellings():
     assert cfg.jit_compile is True and cfg.precision == "mixed_bfloat16"
     assert RunConfig.load(None, ["jit_compile=auto"]).jit_compile == "auto"
     assert RunConfig.load(None, ["jit_compile=off"]).jit_compile is False
+
+
+def test_part_b_follows_the_policy_and_the_scope_restores_it():
+    import keras
+
+    from inat.models.common import make_model
+    from inat.models.transfer import base_model
+
+    cfg = RunConfig(model="resnet50", weights="none", trainable_layers=10, precision="mixed_bfloat16")
+    compute = devices.place(cfg)
+    assert compute.precision == "mixed_bfloat16"
+    with compute.scope():
+        model = make_model(cfg, 10)
+    conv = next(layer for layer in base_model(model).layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    assert model.output.dtype == "float32"  # the softmax head
+    assert keras.config.dtype_policy().name == "float32"
