@@ -54,3 +54,24 @@ def test_backend_speed_prints_a_ratio_per_round(tmp_path):
     (row,) = result["rounds"]
     assert row["tensorflow"] > 0 and row["jax"] > 0 and row["ratio"] == pytest.approx(row["jax"] / row["tensorflow"], rel=1e-2)
     assert result["ratio_jax_over_tensorflow"]["median"] == row["ratio"]
+
+
+@pytest.mark.slow
+def test_gpu_train_runs_small_on_a_cpu_and_says_so(tmp_path):
+    """The TensorFlow GPU benchmark, on this GPU-less machine: every precision x XLA row, from the
+    decoded-image cache, and a note that these are not GPU numbers. (Part B is left out for time;
+    its path is the same make_model call.)"""
+    out = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--partb", "none", "--batch-size", "8",
+         "--filters", "8,8,8,8,8", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result == json.loads(out.read_text())
+    assert result["device"] == "cpu" and "not a measurement" in result["note"]
+    assert [(r["image_size"], r["precision"], r["jit_compile"]) for r in result["rows"]] == [
+        (32, "float32", False), (32, "float32", True), (32, "mixed_bfloat16", False), (32, "mixed_bfloat16", True)]
+    for row in result["rows"]:
+        assert row["train_img_s"] > 0 and 0.0 <= row["input_stall"] <= 1.0 and row["peak_mem_bytes"] is None
