@@ -192,8 +192,10 @@ def test_training_job_is_requeued_at_its_time_limit_and_resumes(tmp_path, demo_d
     # The same config trained in one go, also from a decoded-image cache, as the reference below. It
     # runs meanwhile: the job spends its epochs asleep (epoch_delay_s), so the CPU is free.
     cfg.save(tmp_path / "cfg.yaml")
+    # With the job's thread count (cpus: 1): op determinism gives the same numbers for the same
+    # thread pools, and a different count sums in another order (1e-5 apart by epoch 5).
     whole = start_cli("train", "--config", str(tmp_path / "cfg.yaml"), "--data", str(demo_data),
-                      "--out", str(tmp_path / "whole"), "--run-id", "whole")
+                      "--out", str(tmp_path / "whole"), "--run-id", "whole", env={"INAT_THREADS": "1"})
     rows = jobstate.wait_for([sub.record()], poll_s=3, timeout_s=900, say=lambda *_: None)
     _, whole_err = whole.communicate(timeout=600)
     logs = "".join(p.read_text()[-3000:] for p in (tmp_path / "jobs").glob(f"{sub.job_id}_0_log.*"))

@@ -21,8 +21,10 @@ from jobs.slurm import jobstate
 
 SPEC = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
         "parameters:\n  learning_rate: {values: [0.01, 0.003]}\n  dropout: {min: 0.0, max: 0.3}\n")
-# About 0.5 s an epoch on the CI node: 30 epochs leave a trial running long enough to be stopped.
-EPOCHS = ["--set", "epochs=30"]
+# About 0.07 s an epoch on the CI node (one thread for the job's one CPU; 0.5 s when TensorFlow's
+# pools oversubscribed it): 200 epochs leave a trial running long enough to be stopped.
+N_EPOCHS = 200
+EPOCHS = ["--set", f"epochs={N_EPOCHS}"]
 
 
 def trials_of(sweep):
@@ -103,7 +105,7 @@ def test_stop_resume_and_add_agents_on_slurm(tmp_path, demo_data):
     assert len(waiting) == 1 and waiting[0].user_attrs["resumes"] == result["trials_resumable"][0]
     interrupted = sweep.trials_dir / waiting[0].user_attrs["run_dir"]
     epochs_at_stop = RunDir(interrupted).committed_epochs()
-    assert 1 <= epochs_at_stop < 30 and read_json(interrupted / "run.json")["status"] == "interrupted"
+    assert 1 <= epochs_at_stop < N_EPOCHS and read_json(interrupted / "run.json")["status"] == "interrupted"
 
     # 3. Resume and add another agent: it resumes the stopped run, then runs a new trial.
     assert cli("sweep-resume", sweep_id, *out).returncode == 0
@@ -121,7 +123,7 @@ def test_stop_resume_and_add_agents_on_slurm(tmp_path, demo_data):
     assert waiting[0].user_attrs["run_dir"] in run_dirs
     for name in run_dirs:  # and no epoch twice: the resumed run went on where it was stopped
         epochs = [int(r["epoch"]) for r in RunDir(sweep.trials_dir / name).committed_history()]
-        assert epochs == list(range(1, 31)), (name, epochs)
+        assert epochs == list(range(1, N_EPOCHS + 1)), (name, epochs)
     assert {p.name.split(".")[0] for p in sweep.agents_dir.glob("*.attempts.json")} == {
         "agent-0", "agent-1", "agent-2", "agent-3"}
     print(f"\nsweep controls on Slurm: stop: {first_count} trial(s) finished, none trained after it, "
