@@ -1,6 +1,7 @@
 """Two sweep agents sharing a machine's CPUs, with and without the per-agent thread limit.
 
-    python benchmarks/agent_threads.py [--rounds 2] [--trials 2] [--image-size 64] [--out FILE]
+    python benchmarks/agent_threads.py [--rounds 2] [--trials 2] [--epochs 2] [--image-size 64]
+        [--per-class 100] [--out FILE]
 
 A job that runs K agents gives each `cpus / K` threads ($INAT_THREADS, `jobs.gpus`); without it,
 each TensorFlow process sizes its pools to every core, and K of them oversubscribe the node. This
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=2, help="trials per agent per measurement")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--per-class", type=int, default=100, help="demo training images per class")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -47,7 +49,7 @@ def main() -> None:
     cpus = job_cpus()
     rounds = []
     with tempfile.TemporaryDirectory(prefix="inat-agent-threads-") as tmp:
-        data = make_demo_data(Path(tmp) / "data", n_train_per_class=30, n_test_per_class=2)
+        data = make_demo_data(Path(tmp) / "data", n_train_per_class=args.per_class, n_test_per_class=2)
         for r in range(args.rounds):
             order = ("limited", "unlimited") if r % 2 == 0 else ("unlimited", "limited")
             row = {}
@@ -60,6 +62,7 @@ def main() -> None:
     ratios = [r["ratio"] for r in rounds]
     result = {"cpus": cpus, "agents": 2, "threads_per_agent_limited": max(1, cpus // 2),
               "trials_per_agent": args.trials, "image_size": args.image_size, "epochs": args.epochs,
+              "train_images": args.per_class * 10,
               "rounds": rounds, "ratio_limited_over_unlimited": {
                   "median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}}
     text = json.dumps(result, indent=2)
