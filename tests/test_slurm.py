@@ -280,6 +280,8 @@ def test_gpu_jobs_two_agents_per_gpu_and_one_trial_over_two_gpus(tmp_path, demo_
     tres = subprocess.run(["sacct", "-j", out["job_ids"][0], "-X", "-n", "-P", "-o", "AllocTRES"],
                           capture_output=True, text=True, check=True).stdout
     assert "gres/gpu=2" in tres, tres
+    (job,) = json.loads(cli("status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["jobs"]
+    assert job["gpus"] == 2 and job["gpu_hours"] == pytest.approx(2 * job["elapsed_s"] / 3600, abs=1e-4), job  # rounded
 
     sweep = scratch / "sweeps" / out["sweep_id"]
     trials = json.loads(cli("sweep-status", out["sweep_id"], "--out", str(scratch), "--json").stdout)["trials"]

@@ -4,6 +4,7 @@ tests/jobs/test_controls_slurm.py runs the same controls on the CI Slurm cluster
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -313,3 +314,21 @@ def test_add_agents_to_a_local_sweep_starts_more_real_agents(tmp_path, demo_data
     trials = trials_of(sweep)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert [t.user_attrs["agent"] for t in trials] == ["agent-0", "agent-1"]
+
+
+def test_add_agents_dry_run_shows_the_array_and_writes_nothing(tmp_path):
+    """--dry-run: the sbatch script of the new agents' array, sized by the launch profile's GPU plan
+    (gpus 2 x agents_per_gpu 2: 5 agents are 2 tasks), and no file, record or id is taken."""
+    sweep = make_sweep(tmp_path)
+    profile = load_profile(REPO / "configs" / "clusters" / "ci.yaml", ["gpus=2", "agents_per_gpu=2"])
+    controls.record_launch(sweep, "slurm", 3, 1, profile)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    shown = cli("add-agents", sweep.id, "--agents", "5", "--out", str(sweep.scratch_root), "--dry-run")
+    assert shown.returncode == 0, shown.stderr
+    assert "agent: would submit an array of 2 tasks" in shown.stdout
+    assert "#SBATCH --gpus-per-node=2" in shown.stdout and "#SBATCH --array=0-1%2" in shown.stdout
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    assert load_sweep(sweep.scratch_root, sweep.id).launch["agents"] == 3
+    as_json = cli("add-agents", sweep.id, "--agents", "1", "--out", str(sweep.scratch_root), "--dry-run", "--json")
+    (sub,) = json.loads(as_json.stdout)["submissions"]
+    assert sub["stage"] == "agent" and sub["array_size"] == 1

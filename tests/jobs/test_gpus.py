@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from conftest import cli, one_error_line
@@ -78,3 +81,57 @@ def test_visible_gpus_and_a_job_with_too_few(monkeypatch):
         check_visible(JobAgents(4, 4, agents_per_gpu=2), 4, ["0"])
     with pytest.raises(ConfigError, match=r"needing 2 GPU\(s\) but sees 0"):
         check_visible(JobAgents(4, 4, agents_per_gpu=2), 4, [])
+
+
+SPEC = ("method: random\nmetric: {name: val_accuracy, goal: maximize}\n"
+        "parameters:\n  learning_rate: {values: [0.01, 0.003]}\n  dropout: {values: [0.0, 0.2]}\n")
+
+
+@pytest.mark.slow
+def test_a_requeued_multi_agent_job_resumes_each_agents_own_trial(tmp_path, demo_data, monkeypatch):
+    """One array task of 4 agents on 2 GPUs (as Slurm would list them), killed while every agent
+    trains, then run again as a requeue runs it: each agent, by its id, resumes its own run, and
+    every epoch of every run is in its history once."""
+    import threading
+
+    from inat.rundir import RunDir
+    from inat.sweep import load_sweep
+    from inat.sweep.status import trial_rows
+    from jobs import agents
+    from jobs.launch import create_sweep
+    from jobs.tasks import AgentTask
+
+    (tmp_path / "s.yaml").write_text(SPEC)
+    fixed = ["epochs=8", "image_size=32", "filt_org=[8,8,8,8,8]", "num_dense=16", "batch_size=32"]
+    sw, _ = create_sweep(tmp_path / "s.yaml", 4, 1, "local", demo_data, tmp_path / "scratch", fixed, None, 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    plan = JobAgents(4, 4, agents_per_gpu=2)
+    task = AgentTask()
+    first = threading.Thread(target=lambda: pytest.raises(Exception, task, sw.dir, 0, 1, plan), daemon=True)
+    first.start()
+
+    def committed():
+        return {d.name: RunDir(d).committed_epochs() for d in sw.trials_dir.iterdir()} if sw.trials_dir.is_dir() else {}
+
+    deadline = time.time() + 300
+    while not (len(committed()) == 4 and min(committed().values()) >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(committed()) == 4, committed()
+    agents.stop(task._children)  # the job ends under its agents (a time limit, a preemption)
+    first.join(60)
+    assert not first.is_alive()
+    at_kill = committed()
+    assert all(1 <= n < 8 for n in at_kill.values()), at_kill
+
+    AgentTask()(sw.dir, 0, 1, plan)  # the requeued task: the same agents, by id
+    again = load_sweep(sw.scratch_root, sw.id)
+    rows = trial_rows(again, again.spec())
+    finished = [r for r in rows if r["state"] == "finished"]
+    assert sorted(r["agent"] for r in finished) == ["agent-0", "agent-1", "agent-2", "agent-3"], rows
+    assert sorted(r["run_dir"] for r in finished) == sorted(at_kill)  # each resumed its own run, no new one
+    for name in at_kill:
+        assert [int(r["epoch"]) for r in RunDir(sw.trials_dir / name).history()] == list(range(1, 9))
+    for i in range(4):
+        attempts = json.loads((sw.agents_dir / f"agent-{i}.attempts.json").read_text())
+        assert [a["outcome"].split(":")[0] for a in attempts] == ["failed", "completed"], attempts

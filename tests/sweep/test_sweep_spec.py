@@ -242,3 +242,19 @@ def test_set_cannot_name_a_key_of_the_sweep():
     with pytest.raises(ConfigError, match="'batch_size' is set by the sweep file"):
         spec.check_overrides({"batch_size": 32})
     spec.check_overrides({"epochs": 3, "image_size": 64})
+
+
+def test_precision_and_xla_are_sweepable(tmp_path):
+    spec = spec_with(tmp_path, "  precision: {values: [float32, mixed_bfloat16]}\n"
+                               "  jit_compile: {values: [true, false, auto]}\n")
+    space = optuna_space(spec)
+    assert isinstance(space["precision"], CategoricalDistribution)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        params = decode(spec, study.ask(space).params)
+        cfg = RunConfig.from_dict(params)
+        seen.add((cfg.precision, cfg.jit_compile))
+    assert {p for p, _ in seen} == {"float32", "mixed_bfloat16"} and {j for _, j in seen} == {True, False, "auto"}
+    with pytest.raises(ConfigError, match="precision"):
+        spec_with(tmp_path, "  precision: {values: [float32, fp8]}\n")
