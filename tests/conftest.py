@@ -302,3 +302,46 @@ def fake_agent(monkeypatch, trials: list[tuple[str, dict]]):
 
     monkeypatch.setattr(wandb, "agent", agent)
     return calls
+
+
+# ---- sweep agents as processes, whose trials are a stand-in (sleep, then report the dropout) ------
+
+STANDIN_SPEC = """
+method: random
+metric: {name: val_accuracy, goal: maximize}
+parameters:
+  dropout: {min: 0.0, max: 0.5}
+"""
+
+# argv = scratch, sweep id, agent id, count, log file, seconds per trial, stale_after, heartbeat seconds.
+_STANDIN_AGENT = r"""
+import os, sys, time
+from inat.sweep import load_sweep
+from inat.sweep.local import Outcome, run_agent
+
+scratch, sweep_id, agent_id, count, log_path, sleep_s, stale_after, heartbeat_s = sys.argv[1:9]
+log = open(log_path, "a", buffering=1)  # line-buffered: a SIGKILL loses no finished line
+
+def trial(tr):
+    log.write(f"start {tr.name} {agent_id} {os.getpid()}\n")
+    time.sleep(float(sleep_s))
+    tr.report(1, tr.config.dropout)
+    log.write(f"end {tr.name} {agent_id} {os.getpid()}\n")
+    return Outcome(tr.config.dropout, 1, False)
+
+result = run_agent(load_sweep(scratch, sweep_id), agent_id, int(count), float(stale_after),
+                   trial_fn=trial, heartbeat_s=float(heartbeat_s))
+log.write(f"done {len(result['trials'])} {result['stop_reason']}\n")
+"""
+
+
+def start_standin_agent(sweep, agent_id: str, count: int, sleep_s: float = 0.0, stale_after: float = 600.0,
+                        heartbeat_s: float = 0.2) -> subprocess.Popen:
+    """One agent process of `sweep`; its trial events go to SWEEP/<agent id>.test.log
+    ("start|end <run dir> <agent> <pid>", then "done <n> <reason>"), its output to .test.err."""
+    log = sweep.dir / f"{agent_id}.test.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", _STANDIN_AGENT, str(sweep.scratch_root), sweep.id, agent_id, str(count), str(log),
+           str(sleep_s), str(stale_after), str(heartbeat_s)]
+    return subprocess.Popen(cmd, env=env, stdout=open(sweep.dir / f"{agent_id}.test.err", "ab"),
+                            stderr=subprocess.STDOUT)

@@ -38,16 +38,25 @@ STALE_AFTER_S = 600.0
 MIN_STALE_AFTER_S = 3 * HEARTBEAT_S
 
 
-class Heartbeat:
-    """Touch `path` every `interval` seconds from a daemon thread while the block runs."""
+class Beating:
+    """`first()` now, then `beat()` every `interval` seconds from a daemon thread while the block runs.
+    A failed beat is logged, never raised: a storage hiccup must not kill training (staleness, or a
+    database's grace period, tells a dead agent from a slow one)."""
 
-    def __init__(self, path: Path, interval: float = HEARTBEAT_S):
-        self.path, self.interval, self._stop = path, interval, threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="sweep-heartbeat")
+    name = "sweep-heartbeat"
+
+    def __init__(self, interval: float):
+        self.interval, self._stop = interval, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
+
+    def first(self) -> None:
+        self.beat()
+
+    def beat(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        self.first()
         self._thread.start()
         return self
 
@@ -55,12 +64,30 @@ class Heartbeat:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _beat(self):
+    def _run(self):
         while not self._stop.wait(self.interval):
             try:
-                os.utime(self.path, None)
-            except OSError as exc:  # a scratch hiccup must not kill training; staleness will tell
-                log.warning("heartbeat %s: %s", self.path, exc)
+                self.beat()
+            except Exception as exc:
+                log.warning("heartbeat of %s: %s", self, " ".join(str(exc).split())[:200])
+
+
+class Heartbeat(Beating):
+    """Touch `path` every `interval` seconds while the block runs (the journal's liveness)."""
+
+    def __init__(self, path: Path, interval: float = HEARTBEAT_S):
+        super().__init__(interval)
+        self.path = path
+
+    def first(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+
+    def beat(self) -> None:
+        os.utime(self.path, None)
+
+    def __str__(self) -> str:
+        return str(self.path)
 
 
 def storage_now(directory: Path) -> float:

@@ -30,12 +30,11 @@ import logging
 import math
 import os
 import re
-import threading
 import warnings
 from pathlib import Path
 
 from ..errors import ConfigError, InatError
-from .liveness import run_dir_of
+from .liveness import Beating, run_dir_of
 from .store import Sweep, mark_run, trial_name
 
 log = logging.getLogger("inat")
@@ -202,28 +201,20 @@ class HandOn:
         log.warning("trial %s failed: %s; its run %s goes on in a new trial", trial_name(trial.number), why, run_dir)
 
 
-class TrialHeartbeat:
-    """Record Optuna's heartbeat of trial `number` now, then every `interval` seconds, while the block runs."""
+class TrialHeartbeat(Beating):
+    """Record Optuna's heartbeat of trial `number` now, then every `interval` seconds, while the block
+    runs. At once on entering: Optuna never fails a RUNNING trial that has no heartbeat at all."""
+
+    name = "sweep-db-heartbeat"
 
     def __init__(self, storage, study, number: int, interval: float):
-        self.storage, self.interval, self._stop = storage, max(1, math.ceil(interval)), threading.Event()
+        super().__init__(max(1, math.ceil(interval)))
+        self.storage = storage
         study_id = storage.get_study_id_from_name(study.study_name)
         self.trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
-        self._thread = threading.Thread(target=self._beat, daemon=True, name="sweep-db-heartbeat")
 
-    def __enter__(self):
-        # At once: Optuna never fails a RUNNING trial that has no heartbeat at all.
+    def beat(self) -> None:
         self.storage.record_heartbeat(self.trial_id)
-        self._thread.start()
-        return self
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _beat(self):
-        while not self._stop.wait(self.interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as exc:  # a database hiccup must not kill training; the grace period allows some
-                log.warning("heartbeat of trial %s: %s", self.trial_id, " ".join(str(exc).split())[:200])
+    def __str__(self) -> str:
+        return f"trial {self.trial_id}"

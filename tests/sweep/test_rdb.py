@@ -22,43 +22,18 @@ import secrets
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import CI_PROFILE, REPO, SLURM_TINY, cli, one_error_line, require, run_cli
+from conftest import (
+    CI_PROFILE, REPO, SLURM_TINY, STANDIN_SPEC, cli, one_error_line, require, run_cli, start_standin_agent,
+)  # fmt: skip
 from test_secrets import files_with
 
-SPEC = """
-method: random
-metric: {name: val_accuracy, goal: maximize}
-parameters:
-  dropout: {min: 0.0, max: 0.5}
-"""
-
-# One agent process: argv = scratch, sweep id, agent id, count, log file, seconds per trial, stale_after.
-WORKER = r"""
-import os, sys, time
-from inat.sweep import load_sweep
-from inat.sweep.local import Outcome, run_agent
-
-scratch, sweep_id, agent_id, count, log_path, sleep_s, stale_after = sys.argv[1:8]
-log = open(log_path, "a", buffering=1)
-
-def trial(tr):
-    log.write(f"start {tr.name} {agent_id} {os.getpid()}\n")
-    time.sleep(float(sleep_s))
-    tr.report(1, tr.config.dropout)
-    log.write(f"end {tr.name} {agent_id} {os.getpid()}\n")
-    return Outcome(tr.config.dropout, 1, False)
-
-result = run_agent(load_sweep(scratch, sweep_id), agent_id, int(count), float(stale_after), trial_fn=trial,
-                   heartbeat_s=1)
-log.write(f"done {len(result['trials'])} {result['stop_reason']}\n")
-"""
+SPEC = STANDIN_SPEC
 
 
 def database(server: str):
@@ -118,12 +93,7 @@ def launch(tmp_path: Path, url: str, agents: int, count: int):
 
 
 def start_agent(sweep, agent_id: str, count: int, sleep_s: float = 0.0, stale_after: float = 600.0):
-    log = sweep.dir / f"{agent_id}.test.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-c", WORKER, str(sweep.scratch_root), sweep.id, agent_id, str(count), str(log),
-           str(sleep_s), str(stale_after)]
-    return subprocess.Popen(cmd, env=env, stdout=open(sweep.dir / f"{agent_id}.test.err", "ab"),
-                            stderr=subprocess.STDOUT)
+    return start_standin_agent(sweep, agent_id, count, sleep_s, stale_after, heartbeat_s=1)
 
 
 def events(sweep) -> list[tuple[str, int, str]]:
