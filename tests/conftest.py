@@ -345,3 +345,31 @@ def start_standin_agent(sweep, agent_id: str, count: int, sleep_s: float = 0.0, 
            str(sleep_s), str(stale_after), str(heartbeat_s)]
     return subprocess.Popen(cmd, env=env, stdout=open(sweep.dir / f"{agent_id}.test.err", "ab"),
                             stderr=subprocess.STDOUT)
+
+
+def standin_events(sweep) -> list[tuple[str, int, str, int]]:
+    """(start|end, run directory number, agent id, pid) from every stand-in agent's log, unordered."""
+    out = []
+    for log in sweep.dir.glob("*.test.log"):
+        for line in log.read_text().splitlines():
+            kind, *rest = line.split()
+            if kind in ("start", "end"):
+                out.append((kind, int(rest[0]), rest[1], int(rest[2])))
+    return out
+
+
+def wait_standin_agents(procs, sweep, timeout: float) -> None:
+    """Wait for the agent processes; all killed and a failure after `timeout`; each must exit 0."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail(f"agents still running after {timeout} s")
+    bad = {Path(p.args[5]).name: p.returncode for p in procs if p.returncode != 0}
+    errs = {f.name: f.read_text()[-2000:] for f in sweep.dir.glob("*.test.err") if f.read_text().strip()}
+    assert not bad, (bad, errs)

@@ -17,57 +17,22 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from conftest import STANDIN_SPEC, cli, start_standin_agent
+from conftest import STANDIN_SPEC, cli, make_sweep, standin_events, start_standin_agent, wait_standin_agents
 
 SPEC = STANDIN_SPEC
-
-
-def make_sweep(tmp_path: Path):
-    from inat.sweep import new_sweep
-    from inat.sweep.study import create_study
-
-    for sub in ("train", "val"):
-        (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
-    (tmp_path / "s.yaml").write_text(SPEC)
-    sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 1})
-    create_study(sweep, spec)
-    return sweep
 
 
 def start_agent(sweep, agent_id: str, count: int, sleep_s: float = 0.0, stale_after: float = 600.0):
     return start_standin_agent(sweep, agent_id, count, sleep_s, stale_after, heartbeat_s=0.2)
 
 
-def events(sweep) -> list[tuple[str, int, str, int]]:
-    """(start|end, run directory number, agent id, pid) from every agent's log, in no particular order."""
-    out = []
-    for log in sweep.dir.glob("*.test.log"):
-        for line in log.read_text().splitlines():
-            kind, *rest = line.split()
-            if kind in ("start", "end"):
-                out.append((kind, int(rest[0]), rest[1], int(rest[2])))
-    return out
-
-
-def wait_all(procs, sweep, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"agents still running after {timeout} s")
-    bad = {Path(p.args[5]).name: p.returncode for p in procs if p.returncode != 0}
-    errs = {f.name: f.read_text()[-2000:] for f in sweep.dir.glob("*.test.err") if f.read_text().strip()}
-    assert not bad, (bad, errs)
+events = standin_events
+wait_all = wait_standin_agents
 
 
 def study_trials(sweep):
@@ -81,7 +46,7 @@ def test_16_agents_x_100_trials_no_trial_lost_or_run_twice(tmp_path):
     from optuna.trial import TrialState
 
     agents, per_agent = 16, 100
-    sweep = make_sweep(tmp_path)
+    sweep = make_sweep(tmp_path, SPEC, {"epochs": 1})
     t0 = time.monotonic()
     procs = [start_agent(sweep, f"a{i:02d}", per_agent) for i in range(agents)]
     wait_all(procs, sweep, timeout=600)
@@ -127,7 +92,7 @@ def mid_trial(sweep, agent_id: str, nth: int) -> bool:
 def test_agents_killed_mid_trial_requeued_and_lost(tmp_path):
     from optuna.trial import TrialState
 
-    sweep = make_sweep(tmp_path)
+    sweep = make_sweep(tmp_path, SPEC, {"epochs": 1})
     stale = 2.0
     workers = [start_agent(sweep, f"a{i}", 15, sleep_s=0.05) for i in range(4)]
     requeued = start_agent(sweep, "v-requeued", 5, sleep_s=1.0)

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 from conftest import (
-    CI_PROFILE, REPO, SLURM_TINY, STANDIN_SPEC, cli, one_error_line, require, run_cli, start_standin_agent,
+    CI_PROFILE, REPO, SLURM_TINY, STANDIN_SPEC, cli, one_error_line, require, run_cli, standin_events,
+    start_standin_agent, wait_standin_agents,
 )  # fmt: skip
 from test_secrets import files_with
 
@@ -97,26 +98,10 @@ def start_agent(sweep, agent_id: str, count: int, sleep_s: float = 0.0, stale_af
 
 
 def events(sweep) -> list[tuple[str, int, str]]:
-    out = []
-    for log in sweep.dir.glob("*.test.log"):
-        for line in log.read_text().splitlines():
-            kind, *rest = line.split()
-            if kind in ("start", "end"):
-                out.append((kind, int(rest[0]), rest[1]))
-    return out
+    return [event[:3] for event in standin_events(sweep)]
 
 
-def wait_all(procs, sweep, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        try:
-            p.wait(max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail(f"agents still running after {timeout} s")
-    errs = {f.name: f.read_text()[-2000:] for f in sweep.dir.glob("*.test.err")}
-    assert all(p.returncode == 0 for p in procs), errs
+wait_all = wait_standin_agents
 
 
 def study_trials(sweep):
