@@ -48,6 +48,8 @@ def test_a_backend_that_is_not_installed_is_one_line(tmp_path):
 
 
 SEEDS = (0, 1, 2)
+# The tests that read the twins run on one xdist worker, so that the six trainings happen once.
+TWINS = pytest.mark.xdist_group("backends")
 
 
 def test_a_job_in_an_image_is_refused_under_jax(tmp_path, monkeypatch):
@@ -89,6 +91,7 @@ def twins(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@TWINS
 @pytest.mark.slow
 def test_the_demo_config_learns_alike_on_both_backends(twins):
     """Same data, same seeds: the mean test accuracy over three seeds within 5 points. (Single runs
@@ -103,6 +106,7 @@ def test_the_demo_config_learns_alike_on_both_backends(twins):
     assert abs(mean["jax"] - mean["tensorflow"]) <= 0.05
 
 
+@TWINS
 @pytest.mark.slow
 @pytest.mark.parametrize("trained,tested", [("jax", "tensorflow"), ("tensorflow", "jax")])
 def test_a_model_trained_on_one_backend_predicts_the_same_on_the_other(twins, tmp_path, trained, tested):
@@ -127,6 +131,7 @@ np.save(sys.argv[3], guided.NeuronGradients(fm)(images, rows, cols, chans))
 """
 
 
+@TWINS
 @pytest.mark.slow
 def test_guided_backprop_on_jax_matches_tensorflow(twins, tmp_path):
     """The same trained weights (the JAX-trained model) and images, gradients from each backend."""
@@ -152,6 +157,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+@TWINS
 @pytest.mark.slow
 def test_visualize_with_guided_backprop_on_jax(twins, tmp_path):
     run = tmp_path / "run"
