@@ -347,3 +347,35 @@ def test_the_checks_catch_what_they_should(tmp_path):
     assert "inat/fat/__init__.py: a package __init__ must stay light" in lazy
     assert found["size"] == [f"inat/sub/d.py: {MAX_LINES + 2} lines (at most {MAX_LINES})"]
     assert re.search(r"^  +\d+ inat/sub/d\.py$", report(found, load(tmp_path, packages=("inat",))), re.M)
+
+
+def mapped_files(doc: str) -> set[str]:
+    """The modules the map in docs/architecture.md names: under `inat/` or `jobs/`, a line `  sub/ ...`
+    opens a subpackage that the lines indented below it continue; any other line names top-level files."""
+    block = doc.split("## What each part owns", 1)[1].split("```")[1]
+    named, top, sub = set(), None, None
+    for line in block.splitlines():
+        if re.match(r"^(inat|jobs)/", line):
+            top, sub = line.split("/")[0], None
+            continue
+        opened = re.match(r"^  (\w+)/\s", line)
+        if opened:
+            sub = opened.group(1)
+        elif re.match(r"^  \S", line):
+            sub = None
+        for name in re.findall(r"\b(\w+\.py)\b", line):
+            named.add(f"{top}/{sub + '/' if sub else ''}{name}")
+    return named
+
+
+def test_the_architecture_map_names_every_module_and_only_real_ones():
+    real = {str(p.relative_to(REPO)) for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")
+            if p.name not in ("__init__.py", "__main__.py")}
+    named = mapped_files((REPO / "docs" / "architecture.md").read_text())
+    assert not sorted(named - real), "docs/architecture.md names files that do not exist"
+    assert not sorted(real - named), "modules missing from docs/architecture.md's map"
+
+
+def test_the_map_reader_follows_subpackages():
+    doc = "## What each part owns\n\n```\ninat/\n  a.py b.py   x\n  sub/   c.py   y\n         d.py   z\n  e.py   w\n```\n"
+    assert mapped_files(doc) == {"inat/a.py", "inat/b.py", "inat/sub/c.py", "inat/sub/d.py", "inat/e.py"}
