@@ -75,3 +75,37 @@ def test_gpu_train_runs_small_on_a_cpu_and_says_so(tmp_path):
         (32, "float32", False), (32, "float32", True), (32, "mixed_bfloat16", False), (32, "mixed_bfloat16", True)]
     for row in result["rows"]:
         assert row["train_img_s"] > 0 and 0.0 <= row["input_stall"] <= 1.0 and row["peak_mem_bytes"] is None
+
+
+def load_suite_time():
+    spec = importlib.util.spec_from_file_location("suite_time", REPO / "benchmarks" / "suite_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_suite_time_finds_each_earlier_test_under_its_name_now():
+    st = load_suite_time()
+    now = ["tests/jobs/test_cli.py::test_x", "tests/jobs/test_cluster.py::test_p[data9-key 'setup']",
+           "tests/jobs/test_cluster.py::test_p[data3-key 'gpus' = -1]",
+           "tests/test_kill_resume.py::test_kill9_at_twelve_moments_then_resume"]
+    found = st.successors(["tests/test_cli.py::test_x", "tests/test_cluster.py::test_p[data7-key 'setup']",
+                           "tests/test_kill_resume.py::test_kill9_at_ten_moments_then_resume",
+                           "tests/test_cluster.py::test_figure_names_match_the_figures_module"], now)
+    assert found == {"tests/test_cli.py::test_x": [now[0]],
+                     "tests/test_cluster.py::test_p[data7-key 'setup']": [now[1]],
+                     "tests/test_kill_resume.py::test_kill9_at_ten_moments_then_resume": [now[3]]}
+    with pytest.raises(SystemExit, match="test_gone: no test carries it on now"):
+        st.successors(["tests/test_a.py::test_gone"], now)
+
+
+def test_suite_time_compares_two_junit_files(tmp_path):
+    for name, tests, seconds in (("before", 3, 100.0), ("after", 3, 40.0)):
+        (tmp_path / f"{name}.xml").write_text(
+            f'<testsuites><testsuite name="pytest" tests="{tests}" time="{seconds}"></testsuite></testsuites>')
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "suite_time.py"), "compare",
+                           str(tmp_path / "before.xml"), str(tmp_path / "after.xml"), "--out", str(tmp_path / "r.json")],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == json.loads((tmp_path / "r.json").read_text()) == {
+        "before": {"tests": 3, "pytest_s": 100.0}, "after": {"tests": 3, "pytest_s": 40.0},
+        "ratio_after_over_before": 0.4}
