@@ -35,11 +35,9 @@ from inat.sweep import Sweep
 from . import agents
 from .gpus import JobAgents
 from .slurm import jobstate
-from .slurm.profile import ClusterProfile
+from .slurm.profile import STAGES, ClusterProfile
 from .slurm.submit import DryRun, Submitted, run_calls, submit_calls
 from .tasks import AgentTask, RetrainTask, evaluate_run, retrain_dirs, sweep_report, visualize_run
-
-STAGES = ("agent", "train", "test", "visualize")
 
 
 def pipeline_dir(scratch: Path, pipeline_id: str) -> Path:

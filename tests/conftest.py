@@ -206,7 +206,7 @@ def slurm_pipeline(tmp_path_factory, demo_data):
     import secrets
     import time
 
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")

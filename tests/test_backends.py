@@ -55,7 +55,8 @@ TWINS = pytest.mark.xdist_group("backends")
 def test_a_job_in_an_image_is_refused_under_jax(tmp_path, monkeypatch):
     """The images hold TensorFlow only: a job there under JAX would die importing Keras."""
     from inat.errors import ConfigError
-    from jobs.slurm.profile import job_python, load_profile
+    from jobs.slurm.profile import load_profile
+    from jobs.slurm.executors import job_python
 
     image = tmp_path / "inat.sif"
     image.write_bytes(b"")

@@ -543,7 +543,7 @@ def test_bad_input(case: Case, ctx: Ctx):
     if case.mount:
         require(_can_mount(), "mounting a tmpfs needs root (mount -t tmpfs)")
     if case.slurm:
-        from jobs.slurm.profile import slurm_available
+        from jobs.slurm.executors import slurm_available
 
         ok, why = slurm_available(timeout=10)
         require(ok, f"needs a running Slurm cluster ({why})")

@@ -109,7 +109,7 @@ def _where_am_i() -> dict:
 
 
 def _slurm_up() -> tuple[bool, str]:
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     return slurm_available(timeout=10)
 
@@ -120,7 +120,8 @@ def test_submitit_job_runs_inside_the_image(image, tmp_path):
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
     import cloudpickle
 
-    from jobs.slurm.profile import load_profile, make_executor
+    from jobs.slurm.profile import load_profile
+    from jobs.slurm.executors import make_executor
 
     # The executor inat-jobs itself uses, with --image: the job's python is the image's, so this
     # test module (not in the image) goes by value.

@@ -82,7 +82,7 @@ def test_key_stays_out_of_a_sweep_agent(tmp_path, key, demo_data):
 
 
 def slurm_up() -> None:
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
@@ -92,7 +92,8 @@ def slurm_up() -> None:
 def test_a_slurm_job_sees_the_key(tmp_path, key, monkeypatch):
     """The control for the next test: sbatch passes the submitter's environment on, key included, so
     jobs could leak it. (Here the job returns it, into a result file outside any scratch root.)"""
-    from jobs.slurm.profile import load_profile, make_executor
+    from jobs.slurm.profile import load_profile
+    from jobs.slurm.executors import make_executor
 
     slurm_up()
     monkeypatch.setenv("WANDB_API_KEY", key)

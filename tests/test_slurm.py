@@ -3,7 +3,7 @@ job, the whole pipeline chained by dependencies, a training job that outlives it
 requeued, and the plain sbatch scripts. Skipped on a laptop without Slurm; failing under CI=true.
 
 Jobs run as the submitting user on this machine's filesystem, so pytest's tmp_path works as scratch.
-The jobs import this checkout: the executor exports its path (jobs.slurm.profile.project_root).
+The jobs import this checkout: the executor exports its path (jobs.slurm.executors.project_root).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ ENV = {"INAT_CLUSTER_PROFILE": str(CI_PROFILE), "WANDB_MODE": "disabled"}
 
 @pytest.fixture(scope="module", autouse=True)
 def slurm():
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
@@ -90,7 +90,8 @@ def test_launch_sweep_runs_agents_as_one_array_job(tmp_path, demo_data):
     print(f"\nagent jobs: {total['cpu_hours']:.4f} CPU-h; trials: {sum(t['cpu_hours'] for t in trials):.4f} CPU-h")
 
     # the array's script is the text --dry-run prints for it
-    from jobs.slurm.profile import load_profile, sbatch_text
+    from jobs.slurm.profile import load_profile
+    from jobs.slurm.executors import sbatch_text
 
     folder = scratch / "jobs" / out["sweep_id"] / "agent"
     assert (folder / f"{array}_submission.sh").read_text() == sbatch_text(load_profile(CI_PROFILE), "agent", folder, 2)
@@ -163,7 +164,8 @@ def test_pipeline_chains_four_array_jobs(tmp_path, slurm_pipeline):
     assert (Path(retrain["folder"]) / f"{retrain['job_id']}_submission.sh").read_text() == shown
 
     # what submitit wrote is what sbatch_text (and so the golden files) describe
-    from jobs.slurm.profile import load_profile, sbatch_text
+    from jobs.slurm.profile import load_profile
+    from jobs.slurm.executors import sbatch_text
 
     folder = Path(record["stages"][1]["folder"])
     written = (folder / f"{ids['train'][0]}_submission.sh").read_text()

@@ -296,7 +296,7 @@ def test_a_slurm_agent_signals_and_a_running_syncer_uploads_its_trial(tmp_path, 
 
     from conftest import CI_PROFILE, SLURM_SWEEP, SLURM_TINY, require, run_cli, start_cli
     from jobs.slurm import jobstate
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")

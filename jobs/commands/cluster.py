@@ -22,7 +22,8 @@ from ..collect import collect as do_collect
 from ..collect import recent, resolve
 from ..launch import create_sweep
 from ..slurm import jobstate
-from ..slurm.profile import load_profile, resolve_cluster
+from ..slurm.profile import load_profile
+from ..slurm.executors import resolve_cluster
 from ..slurm.submit import DryRun, add_records, run_calls, submit_calls
 from .options import (
     AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, DryRunOpt, EpochsOpt, ImageOpt, JsonOpt, OutOpt,

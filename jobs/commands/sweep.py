@@ -26,7 +26,8 @@ from .. import controls
 from ..app import app
 from ..launch import check_bounded, create_sweep
 from ..slurm import jobstate
-from ..slurm.profile import load_profile, resolve_cluster
+from ..slurm.profile import load_profile
+from ..slurm.executors import resolve_cluster
 from ..slurm.submit import DryRun, submit_agents
 from .options import (
     AgentsOpt, BackendOpt, ClusterOpt, ClusterSetOpt, DataOpt, DryRunOpt, GpusPerTrialOpt, ImageOpt, OutOpt,

@@ -29,7 +29,8 @@ from inat.fsutil import read_json, write_json
 from inat.rundir import RunDir
 
 from ..gpus import JobAgents
-from .profile import ClusterProfile, load_profile, make_executor, resolve_cluster, sbatch_text
+from .executors import make_executor, resolve_cluster, sbatch_text
+from .profile import ClusterProfile, load_profile
 
 log = logging.getLogger("inat")
 Call = tuple[Callable[..., Any], tuple]
@@ -61,7 +62,7 @@ class DryRun:
     what it would submit and submit and write nothing: no job folder, no pickle, no sbatch, no record.
 
     Each submission prints its array size, its dependency and its sbatch script, the text submitit
-    would write (`profile.sbatch_text`). Job ids do not exist yet: a submission's id is the placeholder
+    would write (`executors.sbatch_text`). Job ids do not exist yet: a submission's id is the placeholder
     `<STAGE job id>`, which a later stage's dependency then names. `shown` keeps every submission for
     --json. A command adds --dry-run with `dry = DryRun(say) if dry_run else None` and passes it on.
     """

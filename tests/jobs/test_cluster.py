@@ -20,6 +20,7 @@ from inat.errors import ConfigError
 from inat.fsutil import read_json, write_json
 from jobs import tasks
 from jobs.slurm import jobstate
+from jobs.slurm import executors
 from jobs.slurm import profile as cluster
 from jobs.collect import collect, resolve
 
@@ -36,7 +37,7 @@ def test_shipped_profiles_load_and_map_to_sbatch_options():
     assert ci.partition == "debug" and ci.cpus == 1 and ci.time >= 2
     example = cluster.load_profile(EXAMPLE_PROFILE, ["time=30", "partition=short"])
     assert example.time == 30 and example.partition == "short" and example.gpus == 1
-    params = cluster.slurm_parameters(example.for_stage("visualize"), "inat-visualize", "afterany:7")
+    params = executors.slurm_parameters(example.for_stage("visualize"), "inat-visualize", "afterany:7")
     assert params["gpus_per_node"] == 0 and params["mem"] == "16GB" and params["cpus_per_task"] == 4
     assert params["dependency"] == "afterany:7" and params["additional_parameters"] == {"mail_type": "FAIL"}
     assert params["account"] == "my-project" and params["constraint"] == "a100|v100"
@@ -104,19 +105,19 @@ def test_image_runs_jobs_in_apptainer_with_their_scratch_bound(tmp_path, monkeyp
     profile = cluster.load_profile(EXAMPLE_PROFILE, ["python=/usr/bin/python3"], image=image)
     assert profile.image == str(image)  # --image wins over the profile's python
     want = f"apptainer exec --nv --env PYTHONSAFEPATH=1 -B {tmp_path / 'scratch'} {image} python"
-    assert cluster.job_python(profile.for_stage("train"), folder) == want
+    assert executors.job_python(profile.for_stage("train"), folder) == want
     # a stage that asks for no GPU gets no --nv (apptainer would warn on a node without one)
-    assert cluster.job_python(profile.for_stage("visualize"), folder) == want.replace(" --nv", "")
-    assert f"{want} -u -m submitit.core._submit {folder}" in cluster.sbatch_text(profile, "train", folder)
+    assert executors.job_python(profile.for_stage("visualize"), folder) == want.replace(" --nv", "")
+    assert f"{want} -u -m submitit.core._submit {folder}" in executors.sbatch_text(profile, "train", folder)
     # a container brings its own installed copy of the project: no PYTHONPATH to this checkout
-    assert not any("PYTHONPATH" in line for line in cluster.slurm_parameters(profile, "x").get("setup", []))
+    assert not any("PYTHONPATH" in line for line in executors.slurm_parameters(profile, "x").get("setup", []))
     monkeypatch.setenv("INAT_BIND", "/data/inat")
-    assert f"-B {tmp_path / 'scratch'},/data/inat " in cluster.job_python(profile, folder)
+    assert f"-B {tmp_path / 'scratch'},/data/inat " in executors.job_python(profile, folder)
     # the same from a profile key, and $INAT_IMAGE when the profile names neither image nor python
     assert cluster.load_profile(None, [f"image={image}"]).image == str(image)
     monkeypatch.setenv("INAT_IMAGE", str(image))
-    assert cluster.job_python(cluster.load_profile(), folder).startswith("apptainer exec --nv ")
-    assert cluster.job_python(cluster.load_profile(None, ["python=py3"]), folder) == "py3"
+    assert executors.job_python(cluster.load_profile(), folder).startswith("apptainer exec --nv ")
+    assert executors.job_python(cluster.load_profile(None, ["python=py3"]), folder) == "py3"
 
 
 def test_image_must_exist(tmp_path):
@@ -161,13 +162,13 @@ def _fake_slurm(tmp_path: Path, ping: str) -> str:
     ],
 )
 def test_auto_detection(tmp_path, monkeypatch, capsys, ping, expected, why):
-    monkeypatch.setattr(cluster, "PING_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(executors, "PING_TIMEOUT_S", 1.0)
     path = _fake_slurm(tmp_path, ping) if ping else str(tmp_path)
     monkeypatch.setenv("PATH", f"{path}:/usr/bin/nonexistent")
-    assert cluster.resolve_cluster(None) == expected
+    assert executors.resolve_cluster(None) == expected
     said = capsys.readouterr().err
     assert said.startswith(f"cluster: {expected} (") and why in said
-    assert cluster.resolve_cluster("local") == "local"  # explicit choices probe nothing
+    assert executors.resolve_cluster("local") == "local"  # explicit choices probe nothing
 
 
 # ---- golden sbatch scripts --------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ def test_generated_sbatch_scripts_match_golden_files(name, monkeypatch):
     monkeypatch.delenv("INAT_IMAGE", raising=False)
     path, overrides, stage, n, dependency = GOLDEN_CASES[name]
     profile = cluster.load_profile(path, overrides)
-    text = cluster.sbatch_text(profile, stage, Path("/scratch/inat/jobs/ID") / stage, n, dependency)
+    text = executors.sbatch_text(profile, stage, Path("/scratch/inat/jobs/ID") / stage, n, dependency)
     # The interpreter first: a checkout's own .venv lies inside the project directory.
     text = text.replace(sys.executable, "{PYTHON}").replace(str(REPO), "{PROJECT}")
     golden = GOLDEN / f"{name}.sbatch"

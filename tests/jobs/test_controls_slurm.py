@@ -53,7 +53,7 @@ def wait_jobs(sweep, timeout: float = 300) -> list[dict]:
 
 @pytest.mark.slurm
 def test_stop_resume_and_add_agents_on_slurm(tmp_path, demo_data):
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
@@ -137,7 +137,7 @@ def test_agents_added_to_a_pipeline_hold_back_its_retraining(tmp_path, demo_data
     pending are added to its dependency, so it ranks their trials too."""
     import subprocess
 
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import REPO, cli, one_error_line
 from inat.fsutil import write_json
-from jobs.slurm.profile import load_profile, sbatch_text
+from jobs.slurm.profile import load_profile
+from jobs.slurm.executors import sbatch_text
 
 CI_PROFILE = REPO / "configs" / "clusters" / "ci.yaml"
 SWEEP = REPO / "configs" / "sweeps" / "sweep_demo.yaml"

@@ -228,7 +228,7 @@ def test_a_url_that_does_not_parse_does_not_show_its_password(tmp_path, demo_dat
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_the_password_stays_out_of_jobs_logs_and_collect(tmp_path, mysql_url, demo_data):
-    from jobs.slurm.profile import slurm_available
+    from jobs.slurm.executors import slurm_available
 
     ok, why = slurm_available(timeout=10)
     require(ok, f"needs a running Slurm cluster ({why}); start one with scripts/slurm/setup-cluster.sh")
