@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -45,7 +46,6 @@ GONE = {"test_figure_names_match_the_figures_module"}
 
 
 def current_ids() -> list[str]:
-    import subprocess
     done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist"],
                           cwd=REPO, capture_output=True, text=True, check=False)
     return [line for line in done.stdout.splitlines() if "::" in line]
