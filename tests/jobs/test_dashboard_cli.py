@@ -24,14 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli, empty_dataset, one_error_line, require, start_cli
-
-SPEC = """
-method: random
-metric: {name: val_accuracy, goal: maximize}
-parameters:
-  dropout: {min: 0.0, max: 0.5}
-"""
+from conftest import REPO, STANDIN_SPEC, cli, empty_dataset, one_error_line, require, start_cli
 
 # One agent: argv = scratch root, sweep id, agent id, gate file. Two trials of two epochs.
 WORKER = r"""
@@ -59,7 +52,7 @@ def make_sweep(tmp_path: Path):
     from inat.sweep.study import create_study
 
     empty_dataset(tmp_path)
-    (tmp_path / "s.yaml").write_text(SPEC)
+    (tmp_path / "s.yaml").write_text(STANDIN_SPEC)
     sweep, spec = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "local", tmp_path / "data", {"epochs": 2})
     create_study(sweep, spec)
     return sweep
@@ -194,7 +187,7 @@ def test_a_wandb_sweep_points_at_its_page_on_wandb(tmp_path, monkeypatch, entity
     from inat.sweep import new_sweep
 
     empty_dataset(tmp_path)
-    (tmp_path / "s.yaml").write_text(SPEC)
+    (tmp_path / "s.yaml").write_text(STANDIN_SPEC)
     sweep, _ = new_sweep(tmp_path / "scratch", tmp_path / "s.yaml", "wandb", tmp_path / "data", {})
     sweep.wandb_sweep = f"{entity}/inat/abc123"  # as wandb_backend.create records it
     sweep.save()
