@@ -140,6 +140,9 @@ def test_a_browser_follows_a_running_two_agent_sweep(tmp_path):
         gate.touch()
         for agent in agents:
             assert agent.wait(90) == 0, (tmp_path / "a0.err").read_text()[-2000:]
+        # optuna-dashboard serves a study's trials from a cache for 2 s (its _storage.get_trials, under
+        # 100 trials); the agents can finish inside that, and the page would show the running ones.
+        time.sleep(2.5)
         dom = browse(url + "/trials", tmp_path, "--dump-dom").stdout
         (tmp_path / "finished.html").write_text(dom)
         assert trial_list(dom) == {n: "Complete" for n in range(4)}
